@@ -100,8 +100,8 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
 
 
 # ---------------------------------------------------------------------------------------------
-# Drivers. Parameters live in one flat array ``params``; ``layout`` row l holds
-# (offset of W^l, offset of b^l, n_out, n_in, offset of layer l's units in the work buffers).
+# Drivers. Parameters live in one flat array ``params``: all weights W^1..W^L, then all biases.
+# ``layout`` row l holds (offset of W^l, offset of b^l, n_out, n_in); ``units[l]`` = sum(sizes[:l]).
 # Work buffers (Abuf, Zbuf, Dbuf) hold slot l = rows of layer l for a batch of up to ``cap`` rows;
 # slot 0 of Abuf is the input batch. The CUDA scheduler uses the same layout.
 
@@ -119,6 +119,26 @@ def slot(buf, units, l, cap, m):
     off = cap * units[l]
     n = units[l + 1] - units[l]
     return buf[off : off + m * n].reshape((m, n))
+
+
+@jit
+def count_nonfinite(P, out):
+    """out[0] += number of NaN or inf entries of the flat array P (divergence check)."""
+    bad = 0
+    for k in range(P.shape[0]):
+        if not np.isfinite(P[k]):
+            bad += 1
+    out[0] += bad
+
+
+@jit
+def count_correct(A, Y, correct):
+    """correct[0] += number of rows whose largest output is where Y's largest entry is."""
+    hits = 0
+    for i in range(A.shape[0]):
+        if np.argmax(A[i]) == np.argmax(Y[i]):
+            hits += 1
+    correct[0] += hits
 
 
 @jit
@@ -167,35 +187,12 @@ def train_batches(X, Y, perm, start, stop, batch_size, params, nabla, velocity, 
         Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
         gather_rows(Y, perm[s:e], Yb)
         backprop(params, nabla, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m, cost)
-        sgd_update(params, nabla, velocity, lr, momentum, decay)
+        update(params, nabla, velocity, layout, lr, momentum, decay)
 
 
 @jit
-def evaluate_batches(X, Y, params, layout, units, acts, loss, Abuf, Zbuf, Dbuf, cap, cost, correct):
-    """Cost and count of argmax matches over all rows of X, cap rows at a time (no update)."""
-    L = layout.shape[0]
-    n = X.shape[0]
-    for s in range(0, n, cap):
-        e = min(s + cap, n)
-        m = e - s
-        slot(Abuf, units, 0, cap, m)[:, :] = X[s:e]
-        feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
-        A = slot(Abuf, units, L, cap, m)
-        output_error(slot(Zbuf, units, L, cap, m), A, Y[s:e], slot(Dbuf, units, L, cap, m),
-                     loss, acts[L - 1], cost)
-        for i in range(m):
-            if np.argmax(A[i]) == np.argmax(Y[s + i]):
-                correct[0] += 1
-
-
-@jit
-def predict_batches(X, out, params, layout, units, acts, Abuf, Zbuf, cap):
-    """out = a^L for every row of X, cap rows at a time."""
-    L = layout.shape[0]
-    n = X.shape[0]
-    for s in range(0, n, cap):
-        e = min(s + cap, n)
-        m = e - s
-        slot(Abuf, units, 0, cap, m)[:, :] = X[s:e]
-        feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
-        out[s:e] = slot(Abuf, units, L, cap, m)
+def update(params, nabla, velocity, layout, lr, momentum, decay):
+    """SGD on all layers: the weights (stored first) with weight decay, the biases without."""
+    nw = layout[0, 1]  # the biases start where the weights end
+    sgd_update(params[:nw], nabla[:nw], velocity[:nw], lr, momentum, decay)
+    sgd_update(params[nw:], nabla[nw:], velocity[nw:], lr, momentum, 0.0)

@@ -1,0 +1,140 @@
+"""Where arrays live and which kernels run on them: the CPU (@njit) or a CUDA GPU, chosen once.
+
+``device="auto"`` takes CUDA only for a real GPU. Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)
+also reports a GPU, but runs kernels in Python threads thousands of times slower than the CPU
+kernels, so "auto" never picks it; ``device="cuda"`` uses it on purpose (the tests do).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("gpubp")
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def simulator_enabled() -> bool:
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason): whether a CUDA device can run the kernels, and why (not)."""
+    try:
+        from numba import cuda
+    except ImportError as e:  # pragma: no cover - numba-cuda is a dependency
+        return False, f"numba-cuda is not installed ({e})"
+    if simulator_enabled():
+        return True, "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    try:
+        if not cuda.is_available():
+            return False, "no CUDA driver or GPU found by Numba"
+        gpu = cuda.get_current_device()
+        name = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name
+        return True, f"{name} (compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]})"
+    except Exception as e:  # driver present but unusable
+        return False, f"CUDA is present but unusable: {e}"
+
+
+def auto_device() -> tuple[str, str]:
+    """The device "auto" picks, and why."""
+    usable, reason = cuda_status()
+    if usable and not simulator_enabled():
+        return "cuda", reason
+    if usable:
+        return "cpu", f"{reason} is active; 'auto' uses the CPU kernels (pass device='cuda' to simulate)"
+    return "cpu", reason
+
+
+@dataclass
+class Backend:
+    """A device: its name, its kernels module and how arrays get there and back."""
+
+    name: str
+    kernels: ModuleType
+
+    def to_device(self, array: np.ndarray) -> Any:
+        if self.name == "cpu":
+            return np.ascontiguousarray(array)
+        from numba import cuda
+
+        return cuda.to_device(np.ascontiguousarray(array))
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        if self.name == "cpu":
+            return np.empty(shape, dtype)
+        from numba import cuda
+
+        return cuda.device_array(shape, dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        return self.to_device(np.zeros(shape, dtype))
+
+    def to_host(self, array: Any) -> np.ndarray:
+        if self.name == "cpu":
+            return np.array(array)
+        return array.copy_to_host()
+
+    def copy(self, src: Any, dst: Any) -> None:
+        """dst[...] = src, both on this device."""
+        if self.name == "cpu":
+            dst[...] = src
+        else:
+            dst.copy_to_device(src)
+
+    def synchronize(self) -> None:
+        if self.name == "cuda":
+            from numba import cuda
+
+            cuda.synchronize()
+
+
+def select(device: str) -> Backend:
+    """The backend for device "auto", "cpu" or "cuda"; logs the choice."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of 'auto', 'cpu', 'cuda'")
+    if device == "auto":
+        device, reason = auto_device()
+        log.info("gpubp: device='auto' uses %s: %s", device, reason)
+    elif device == "cuda":
+        usable, reason = cuda_status()
+        if not usable:
+            raise RuntimeError(f"device='cuda' but {reason}; use device='cpu' or 'auto'")
+    if device == "cuda":
+        from .kernels import cuda as kernels
+    else:
+        from .kernels import cpu as kernels
+    return Backend(device, kernels)
+
+
+def device_report() -> dict[str, Any]:
+    """Versions, the GPU seen (or why none) and the path device='auto' takes: for bug reports."""
+    import importlib.metadata as md
+
+    def version(dist: str) -> str:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    report: dict[str, Any] = {
+        name: version(name) for name in ("gpubp", "numba", "numba-cuda", "numpy", "cupy", "cupy-cuda12x")
+    }
+    usable, reason = cuda_status()
+    report["cuda_usable"] = usable
+    report["cuda"] = reason
+    report["simulator"] = simulator_enabled()
+    if usable and not simulator_enabled():
+        from numba import cuda
+
+        free, total = cuda.current_context().get_memory_info()
+        report["gpu_memory_gib"] = round(total / 2**30, 1)
+    report["auto_device"], report["auto_reason"] = auto_device()
+    return report

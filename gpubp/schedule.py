@@ -1,0 +1,218 @@
+"""The order kernels run in: one mini-batch of SGD, layer by layer.
+
+For each mini-batch (Nielsen's ``update_mini_batch``):
+  1. gather the batch's rows of X and Y (the shuffle) into work buffers;
+  2. forward, l = 1..L:      z^l = W^l a^(l-1) + b^l,  a^l = f(z^l);
+  3. BP1:                    delta^L = grad_a C ⊙ f'(z^L);
+  4. backward, l = L..1:     BP4/BP3 gradients of layer l, then BP2 delta^(l-1) from W^l;
+  5. update every layer:     W <- W - (eta/m) sum_x delta (a^(l-1))^T,  b <- b - (eta/m) sum_x delta.
+No parameter changes before step 5, so BP2 always reads the W^(l+1) that made the forward pass.
+
+Two paths run this order:
+- ``"layers"``: this module's Python loop launches one kernel per operation per layer. It runs
+  on either backend and is the path on CUDA: parameters, activations and the training data stay
+  on the device for the whole fit; only the epoch's shuffled order is sent, once per epoch.
+- ``"epoch"`` (CPU only): the same loop compiled with @njit (``kernels.cpu.train_batches``), so
+  a whole epoch runs without returning to Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+
+PATHS = ("auto", "layers", "epoch")
+
+
+@dataclass
+class Views:
+    """Per-layer views of the work buffers for a batch of m rows (slot 0 of A is the input)."""
+
+    A: list[Any]
+    Z: list[Any]
+    D: list[Any]
+    Y: Any
+
+
+class Schedule:
+    """A network's parameters and buffers on one backend, and the kernel launches that train it."""
+
+    def __init__(self, backend: Backend, sizes: list[int], acts: list[int], loss: int,
+                 params: np.ndarray, path: str = "auto") -> None:
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; choose one of {', '.join(map(repr, PATHS))}")
+        if path == "auto":
+            path = "epoch" if backend.name == "cpu" else "layers"
+        if path == "epoch" and backend.name != "cpu":
+            raise ValueError("path='epoch' runs on the CPU only; use path='layers' on CUDA")
+        self.backend, self.k, self.path = backend, backend.kernels, path
+        self.sizes, self.L = list(sizes), len(sizes) - 1
+        self.dtype = params.dtype
+        self.acts_list, self.loss = list(acts), loss
+        self.acts = np.asarray(acts, dtype=np.int64)
+
+        # Flat parameter layout: W^1..W^L, then b^1..b^L (see kernels.cpu).
+        n_w = [sizes[l + 1] * sizes[l] for l in range(self.L)]
+        w_off = np.concatenate([[0], np.cumsum(n_w)])
+        b_off = w_off[-1] + np.concatenate([[0], np.cumsum(sizes[1:])])
+        self.n_weights = int(w_off[-1])
+        self.layout = np.array(
+            [[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64
+        )
+        self.units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+        self.params = backend.to_device(params)
+        self.nabla = backend.zeros(params.shape, self.dtype)
+        self.velocity = backend.zeros(params.shape, self.dtype)
+        self.cost = backend.zeros(1, self.dtype)
+        self.count = backend.zeros(1, np.int64)
+        self._snapshot = backend.empty(params.shape, self.dtype)
+        self.W, self.b = self._layer_views(self.params)
+        self.gW, self.gb = self._layer_views(self.nabla)
+        self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._views: dict[tuple[int, int], Views] = {}
+
+    # -- buffers ------------------------------------------------------------------------------
+    def _layer_views(self, flat: Any) -> tuple[list[Any], list[Any]]:
+        ws, bs = [], []
+        for w_off, b_off, n_out, n_in in self.layout:
+            ws.append(flat[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
+            bs.append(flat[b_off : b_off + n_out])
+        return ws, bs
+
+    def buffers(self, cap: int) -> tuple[Any, Any, Any, Any]:
+        """Flat work buffers (A, Z, Delta, Y) for batches of up to ``cap`` rows."""
+        if cap not in self._buffers:
+            n = cap * int(self.units[-1])
+            e = self.backend.empty
+            self._buffers = {cap: (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype),
+                                   e(cap * self.sizes[-1], self.dtype))}
+            self._views = {}
+        return self._buffers[cap]
+
+    def views(self, cap: int, m: int) -> Views:
+        """Views of layer l's (m, sizes[l]) rows in the buffers for ``cap`` rows."""
+        if (cap, m) not in self._views:
+            A, Z, D, Y = self.buffers(cap)
+
+            def slots(buf: Any) -> list[Any]:
+                return [buf[cap * u : cap * u + m * n].reshape((m, n))
+                        for u, n in zip(self.units[:-1], self.sizes)]
+
+            self._views[(cap, m)] = Views(slots(A), slots(Z), slots(D),
+                                          Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1])))
+        return self._views[(cap, m)]
+
+    # -- one batch, layer by layer ------------------------------------------------------------
+    def backprop_layers(self, v: Views, scale: float) -> None:
+        """Forward, BP1, then BP4/BP3 and BP2 down the layers: nabla = scale * sum_x dC_x/dp."""
+        k, L, acts = self.k, self.L, self.acts_list
+        for l in range(L):
+            k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l])
+        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost)
+        for l in reversed(range(L)):
+            k.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l])
+            k.bias_gradient(v.D[l + 1], scale, self.gb[l])
+            if l > 0:
+                k.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1])
+
+    def update_layers(self, lr: float, momentum: float, decay: float) -> None:
+        """SGD on all parameters: weights with weight decay, biases without."""
+        nw = self.n_weights
+        self.k.sgd_update(self.params[:nw], self.nabla[:nw], self.velocity[:nw], lr, momentum, decay)
+        self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
+
+    # -- what the network asks for --------------------------------------------------------------
+    def train_epoch(self, X: Any, Y: Any, order: np.ndarray, batch_size: int, lr: float,
+                    momentum: float, decay: float,
+                    progress: Callable[[int, int], Any] | None = None) -> None:
+        """Mini-batch SGD over the rows of X in ``order``; adds the batches' costs to ``cost``."""
+        n = len(order)
+        order_d = self.backend.to_device(order.astype(np.int64))
+        # Report progress a few dozen times an epoch, at batch boundaries.
+        chunk = max(batch_size, -(-n // 50 // batch_size) * batch_size) if progress else n
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            if self.path == "epoch":
+                A, Z, D, Yb = self.buffers(batch_size)
+                self.k.train_batches(X, Y, order_d, start, stop, batch_size, self.params, self.nabla,
+                                     self.velocity, self.layout, self.units, self.acts, self.loss,
+                                     A, Yb, Z, D, lr, momentum, decay, self.cost)
+            else:
+                for s in range(start, stop, batch_size):
+                    e = min(s + batch_size, stop)
+                    v = self.views(batch_size, e - s)
+                    self.k.gather_rows(X, order_d[s:e], v.A[0])
+                    self.k.gather_rows(Y, order_d[s:e], v.Y)
+                    self.backprop_layers(v, 1.0 / (e - s))
+                    self.update_layers(lr, momentum, decay)
+            if progress:
+                progress(stop, n)
+
+    def gradients(self, X: Any, Y: Any) -> None:
+        """nabla = dC/dp for the cost averaged over all rows of X (one batch)."""
+        n = X.shape[0]
+        v = self.views(n, n)
+        self.backend.copy(X, v.A[0])
+        self.backend.copy(Y, v.Y)
+        self.backprop_layers(v, 1.0 / n)
+
+    def evaluate(self, X: Any, Y: Any, cap: int = 1024) -> tuple[float, int]:
+        """(sum over rows of the cost C_x, number of rows whose argmax matches Y's)."""
+        self.backend.copy(np.zeros(1, self.dtype), self.cost)
+        self.backend.copy(np.zeros(1, np.int64), self.count)
+        n, L = X.shape[0], self.L
+        cap = min(cap, n)
+        for s in range(0, n, cap):
+            e = min(s + cap, n)
+            v = self.views(cap, e - s)
+            self.backend.copy(X[s:e], v.A[0])
+            for l in range(L):
+                self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+            self.k.output_error(v.Z[L], v.A[L], Y[s:e], v.D[L], self.loss, self.acts_list[L - 1], self.cost)
+            self.k.count_correct(v.A[L], Y[s:e], self.count)
+        return float(self.backend.to_host(self.cost)[0]), int(self.backend.to_host(self.count)[0])
+
+    def predict(self, X: Any, cap: int = 1024) -> np.ndarray:
+        """a^L for every row of X, as a numpy array."""
+        n, L = X.shape[0], self.L
+        out = np.empty((n, self.sizes[-1]), self.dtype)
+        cap = max(1, min(cap, n))
+        for s in range(0, n, cap):
+            e = min(s + cap, n)
+            v = self.views(cap, e - s)
+            self.backend.copy(X[s:e], v.A[0])
+            for l in range(L):
+                self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+            out[s:e] = self.backend.to_host(v.A[L])
+        return out
+
+    # -- state ----------------------------------------------------------------------------------
+    def reset_cost(self) -> None:
+        self.backend.copy(np.zeros(1, self.dtype), self.cost)
+
+    def read_cost(self) -> float:
+        return float(self.backend.to_host(self.cost)[0])
+
+    def nonfinite_params(self) -> int:
+        """How many parameters are NaN or inf (counted on the device)."""
+        self.backend.copy(np.zeros(1, np.int64), self.count)
+        self.k.count_nonfinite(self.params, self.count)
+        return int(self.backend.to_host(self.count)[0])
+
+    def save_snapshot(self) -> None:
+        self.backend.copy(self.params, self._snapshot)
+
+    def restore_snapshot(self) -> None:
+        self.backend.copy(self._snapshot, self.params)
+
+    def host_params(self) -> np.ndarray:
+        return self.backend.to_host(self.params)
+
+    def set_params(self, params: np.ndarray) -> None:
+        self.backend.copy(np.ascontiguousarray(params, dtype=self.dtype), self.params)

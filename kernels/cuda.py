@@ -1,0 +1,389 @@
+"""@cuda.jit kernels and their host-side launchers: the contracts listed in ``gpubp.kernels``.
+
+Layout. Rows are samples, as on the CPU: A^(l-1) is (m, n_in), W^l is (n_out, n_in), b^l is
+(n_out,), Z^l, A^l and Delta^l are (m, n_out). Every array is a C-contiguous numba device array
+(often a view made by slicing and reshaping one flat device buffer) and all arrays of one call
+share one dtype, float32 or float64. Launchers have the names and argument order of
+``kernels.cpu`` plus a keyword ``stream=0``; they pick the kernel built for the arrays' dtype,
+size the grid themselves and launch asynchronously. They never validate (the driver checks
+shapes and dtypes once) and never allocate.
+
+Threads. 2-D kernels map ``threadIdx.x`` / ``blockIdx.x`` to the column of the output (the
+contiguous axis, so neighbouring threads touch neighbouring addresses) and ``y`` to the row.
+The three matrix products come in two versions, as the numbered versions of llm.c's dev/cuda:
+
+- ``*_naive``: one thread per output element, looping over the reduction axis in global memory.
+  The reference.
+- tiled (the default names): a TILE x TILE block computes a TILE x TILE tile of the output. For
+  each step along the reduction axis the block stages one tile of each operand in shared memory
+  (one element per thread, coalesced along the contiguous axis, zero-filled outside the arrays
+  so any shape works), synchronises, and every thread accumulates TILE products from shared
+  memory: each global element is read once per tile instead of once per output element.
+
+Everything else is one thread per row (softmax, BP1, accuracy), per column (BP3) or per
+element (SGD, gathering a mini-batch, the NaN/inf count). Formulas for f, f', softmax and the
+cost/BP1 of one row come from ``activations`` and ``losses`` as device functions, so the CPU
+and CUDA kernels evaluate the same expressions.
+
+Shared arrays need their dtype at compile time, so the kernels are built per dtype by a cached
+factory, ``_build(numba_dtype)``. Accumulators are typed like the arrays (float32 products are
+summed in float32); python-float arguments (scale, lr, ...) are cast to that type once per
+thread.
+"""
+
+import functools
+import math
+from types import SimpleNamespace
+
+import numba
+from numba import cuda
+
+from .activations import SOFTMAX
+from .activations import compile_for as _activations_for
+from .losses import compile_for as _losses_for
+
+TILE = 16  # side of a shared-memory tile and of the 2-D thread blocks
+TILE_PAD = TILE + 1  # a padded row (shapes of shared arrays must be constants, not expressions)
+ROWS = 128  # threads per block of the one-thread-per-row / per-column kernels
+FLAT = 256  # threads per block of the elementwise kernels
+NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
+
+f, fprime, softmax_row = _activations_for("cuda")
+output_error_row = _losses_for("cuda")
+
+
+@functools.cache
+def _build(T):
+    """All kernels for element type ``T`` (numba.float32 or numba.float64)."""
+
+    # ---- forward: Z = A_prev W^T + b, A = f(Z) ------------------------------------------------
+
+    @cuda.jit
+    def forward_naive(A_prev, W, b, Z, A, act):
+        """Feedforward, one thread per (i, j): Z = A_prev W^T + b, A = f(Z) (A untouched for softmax)."""
+        j, i = cuda.grid(2)
+        if i < Z.shape[0] and j < Z.shape[1]:
+            acc = T(0)
+            for k in range(A_prev.shape[1]):
+                acc += A_prev[i, k] * W[j, k]
+            z = acc + b[j]
+            Z[i, j] = z
+            if act != SOFTMAX:
+                A[i, j] = f(z, act)
+
+    @cuda.jit
+    def forward_tiled(A_prev, W, b, Z, A, act):
+        """Feedforward, tiled: Z = A_prev W^T + b, A = f(Z) (A untouched for softmax)."""
+        # sA[r, c] = A_prev[i0 + r, k0 + c], sW[r, c] = W[j0 + r, k0 + c]. Thread (ty, tx) reads
+        # sW[tx, :], a column walk: the extra column puts the 16 rows in different banks.
+        sA = cuda.shared.array((TILE, TILE), T)
+        sW = cuda.shared.array((TILE, TILE_PAD), T)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        i = cuda.blockIdx.y * TILE + ty
+        j0 = cuda.blockIdx.x * TILE
+        j = j0 + tx
+        m, n_in = A_prev.shape
+        n_out = W.shape[0]
+        acc = T(0)
+        for k0 in range(0, n_in, TILE):
+            k = k0 + tx
+            sA[ty, tx] = A_prev[i, k] if i < m and k < n_in else T(0)
+            sW[ty, tx] = W[j0 + ty, k] if j0 + ty < n_out and k < n_in else T(0)
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += sA[ty, kk] * sW[tx, kk]
+            cuda.syncthreads()  # before the next step overwrites the tiles
+        if i < m and j < n_out:
+            z = acc + b[j]
+            Z[i, j] = z
+            if act != SOFTMAX:
+                A[i, j] = f(z, act)
+
+    @cuda.jit
+    def softmax_rows(Z, A):
+        """Feedforward, softmax output layer: A[i] = softmax(Z[i]), one thread per row."""
+        i = cuda.grid(1)
+        if i < Z.shape[0]:
+            softmax_row(Z[i], A[i])
+
+    # ---- BP1: Delta = grad_a C ⊙ f'(Z), cost += sum_x C_x ------------------------------------
+
+    @cuda.jit
+    def output_error(Z, A, Y, Delta, loss, act, cost):
+        """BP1: Delta[i] = grad_a C ⊙ f'(Z[i]), one thread per row; cost[0] += sum_i C_x(i)."""
+        i = cuda.grid(1)
+        if i < Z.shape[0]:
+            c = output_error_row(Z[i], A[i], Y[i], Delta[i], loss, act)
+            cuda.atomic.add(cost, 0, c)
+
+    # ---- BP2: Delta = (Delta_next W_next) ⊙ f'(Z) --------------------------------------------
+
+    @cuda.jit
+    def hidden_error_naive(Delta_next, W_next, Z, A, Delta, act):
+        """BP2, one thread per (i, j): Delta = (Delta_next W_next) ⊙ f'(Z)."""
+        j, i = cuda.grid(2)
+        if i < Delta.shape[0] and j < Delta.shape[1]:
+            acc = T(0)
+            for k in range(W_next.shape[0]):
+                acc += Delta_next[i, k] * W_next[k, j]
+            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act)
+
+    @cuda.jit
+    def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act):
+        """BP2, tiled: Delta = (Delta_next W_next) ⊙ f'(Z), the Hadamard product fused."""
+        # sD[r, c] = Delta_next[i0 + r, k0 + c], sW[r, c] = W_next[k0 + r, j0 + c]; the inner
+        # loop reads sD[ty, kk] (one address per row: a broadcast) and sW[kk, tx] (consecutive).
+        sD = cuda.shared.array((TILE, TILE), T)
+        sW = cuda.shared.array((TILE, TILE), T)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        i = cuda.blockIdx.y * TILE + ty
+        j = cuda.blockIdx.x * TILE + tx
+        m, n = Delta.shape
+        n_next = W_next.shape[0]
+        acc = T(0)
+        for k0 in range(0, n_next, TILE):
+            sD[ty, tx] = Delta_next[i, k0 + tx] if i < m and k0 + tx < n_next else T(0)
+            sW[ty, tx] = W_next[k0 + ty, j] if k0 + ty < n_next and j < n else T(0)
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += sD[ty, kk] * sW[kk, tx]
+            cuda.syncthreads()
+        if i < m and j < n:
+            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act)
+
+    # ---- BP4: nabla_w = scale * Delta^T A_prev ----------------------------------------------
+
+    @cuda.jit
+    def weight_gradient_naive(Delta, A_prev, scale, nabla_w):
+        """BP4 summed over the batch, one thread per (j, k): nabla_w = scale * Delta^T A_prev."""
+        k, j = cuda.grid(2)
+        if j < nabla_w.shape[0] and k < nabla_w.shape[1]:
+            acc = T(0)
+            for i in range(Delta.shape[0]):
+                acc += Delta[i, j] * A_prev[i, k]
+            nabla_w[j, k] = T(scale) * acc
+
+    @cuda.jit
+    def weight_gradient_tiled(Delta, A_prev, scale, nabla_w):
+        """BP4 summed over the batch, tiled: nabla_w = scale * Delta^T A_prev."""
+        # The reduction runs over the batch rows i: sD[r, c] = Delta[i0 + r, j0 + c] and
+        # sA[r, c] = A_prev[i0 + r, k0 + c]; both loads are coalesced along the rows.
+        sD = cuda.shared.array((TILE, TILE), T)
+        sA = cuda.shared.array((TILE, TILE), T)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        j0 = cuda.blockIdx.y * TILE
+        j = j0 + ty
+        k = cuda.blockIdx.x * TILE + tx
+        m, n_out = Delta.shape
+        n_in = A_prev.shape[1]
+        acc = T(0)
+        for i0 in range(0, m, TILE):
+            r = i0 + ty
+            sD[ty, tx] = Delta[r, j0 + tx] if r < m and j0 + tx < n_out else T(0)
+            sA[ty, tx] = A_prev[r, k] if r < m and k < n_in else T(0)
+            cuda.syncthreads()
+            for rr in range(TILE):
+                acc += sD[rr, ty] * sA[rr, tx]
+            cuda.syncthreads()
+        if j < n_out and k < n_in:
+            nabla_w[j, k] = T(scale) * acc
+
+    # ---- BP3: nabla_b = scale * sum_x Delta ---------------------------------------------------
+
+    @cuda.jit
+    def bias_gradient(Delta, scale, nabla_b):
+        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j], one thread per column."""
+        j = cuda.grid(1)
+        if j < nabla_b.shape[0]:
+            acc = T(0)
+            for i in range(Delta.shape[0]):
+                acc += Delta[i, j]  # neighbouring threads read neighbouring columns
+            nabla_b[j] = T(scale) * acc
+
+    # ---- SGD update ---------------------------------------------------------------------------
+
+    @cuda.jit
+    def sgd_update(P, nabla, velocity, lr, momentum, decay):
+        """SGD update with momentum and L2 decay: v = momentum v - lr (nabla + decay P); P += v."""
+        k = cuda.grid(1)
+        if k < P.shape[0]:
+            p = P[k]
+            v = T(momentum) * velocity[k] - T(lr) * (nabla[k] + T(decay) * p)
+            velocity[k] = v
+            P[k] = p + v
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+
+    @cuda.jit
+    def gather_rows(src, idx, dst):
+        """Mini-batch gather: dst[i, c] = src[idx[i], c], one thread per element of dst."""
+        t = cuda.grid(1)
+        n = dst.shape[1]
+        if t < dst.shape[0] * n:
+            i = t // n
+            c = t - i * n
+            dst[i, c] = src[idx[i], c]
+
+    @cuda.jit
+    def count_nonfinite(P, out):
+        """Divergence check: out[0] += number of NaN/inf entries of P (grid-stride loop)."""
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        count = 0
+        for k in range(start, P.shape[0], step):
+            if not math.isfinite(P[k]):
+                count += 1
+        if count > 0:  # almost never: no atomics on the healthy path
+            cuda.atomic.add(out, 0, count)
+
+    @cuda.jit
+    def count_correct(A, Y, correct):
+        """Accuracy: correct[0] += 1 for each row i with argmax A[i] == argmax Y[i] (first max wins)."""
+        i = cuda.grid(1)
+        if i < A.shape[0]:
+            a_best, y_best = 0, 0
+            for j in range(1, A.shape[1]):
+                if A[i, j] > A[i, a_best]:
+                    a_best = j
+                if Y[i, j] > Y[i, y_best]:
+                    y_best = j
+            if a_best == y_best:
+                cuda.atomic.add(correct, 0, 1)
+
+    return SimpleNamespace(**{name: obj for name, obj in locals().items() if name != "T"})
+
+
+@functools.cache
+def _kernels(dtype):
+    """The kernels for a numpy dtype (the launchers' fast path: one cached lookup)."""
+    return _build(numba.from_dtype(dtype))
+
+
+def _grid2(rows: int, cols: int) -> tuple[int, int]:
+    """Blocks covering a (rows, cols) output with TILE x TILE blocks; x runs along the columns."""
+    return ((cols + TILE - 1) // TILE or 1, (rows + TILE - 1) // TILE or 1)
+
+
+_BLOCK2 = (TILE, TILE)
+
+
+# ---- launchers: same names and argument order as kernels.cpu, plus stream --------------------
+
+
+def forward(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+    """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z) (tiled)."""
+    k = _kernels(Z.dtype)
+    k.forward_tiled[_grid2(Z.shape[0], Z.shape[1]), _BLOCK2, stream](A_prev, W, b, Z, A, act)
+    if act == SOFTMAX:  # a second launch on the same stream sees the whole of Z
+        k.softmax_rows[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A)
+
+
+def forward_naive(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+    """Feedforward for one layer, one thread per output element (the reference for ``forward``)."""
+    k = _kernels(Z.dtype)
+    k.forward_naive[_grid2(Z.shape[0], Z.shape[1]), _BLOCK2, stream](A_prev, W, b, Z, A, act)
+    if act == SOFTMAX:
+        k.softmax_rows[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A)
+
+
+def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
+    """BP1: Delta = grad_a C ⊙ f'(Z) for every row; cost[0] += sum of the rows' costs C_x."""
+    _kernels(Z.dtype).output_error[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](
+        Z, A, Y, Delta, loss, act, cost
+    )
+
+
+def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+    """BP2: Delta = (Delta_next W_next) ⊙ f'(Z) (tiled)."""
+    _kernels(Delta.dtype).hidden_error_tiled[_grid2(Delta.shape[0], Delta.shape[1]), _BLOCK2, stream](
+        Delta_next, W_next, Z, A, Delta, act
+    )
+
+
+def hidden_error_naive(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+    """BP2, one thread per output element (the reference for ``hidden_error``)."""
+    _kernels(Delta.dtype).hidden_error_naive[_grid2(Delta.shape[0], Delta.shape[1]), _BLOCK2, stream](
+        Delta_next, W_next, Z, A, Delta, act
+    )
+
+
+def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+    """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (tiled; overwrites nabla_w)."""
+    _kernels(nabla_w.dtype).weight_gradient_tiled[
+        _grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream
+    ](Delta, A_prev, scale, nabla_w)
+
+
+def weight_gradient_naive(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+    """BP4, one thread per output element (the reference for ``weight_gradient``)."""
+    _kernels(nabla_w.dtype).weight_gradient_naive[
+        _grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream
+    ](Delta, A_prev, scale, nabla_w)
+
+
+def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> None:
+    """BP3 summed over the batch: nabla_b = scale * sum_x Delta (overwrites nabla_b)."""
+    _kernels(nabla_b.dtype).bias_gradient[(nabla_b.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](
+        Delta, scale, nabla_b
+    )
+
+
+def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, stream=0) -> None:
+    """SGD on flat arrays: v = momentum v - lr (nabla + decay P);  P += v."""
+    _kernels(P.dtype).sgd_update[(P.shape[0] + FLAT - 1) // FLAT or 1, FLAT, stream](
+        P, nabla, velocity, lr, momentum, decay
+    )
+
+
+def gather_rows(src, idx, dst, stream=0) -> None:
+    """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
+    _kernels(dst.dtype).gather_rows[(dst.shape[0] * dst.shape[1] + FLAT - 1) // FLAT or 1, FLAT, stream](
+        src, idx, dst
+    )
+
+
+def count_nonfinite(P, out, stream=0) -> None:
+    """out[0] += number of NaN/inf entries of the flat array P (out: int64, 1 element)."""
+    blocks = min((P.shape[0] + FLAT - 1) // FLAT, NONFINITE_BLOCKS) or 1
+    _kernels(P.dtype).count_nonfinite[blocks, FLAT, stream](P, out)
+
+
+def count_correct(A, Y, correct, stream=0) -> None:
+    """correct[0] += number of rows with argmax A[i] == argmax Y[i] (correct: int64, 1 element)."""
+    _kernels(A.dtype).count_correct[(A.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](A, Y, correct)
+
+
+# ---- every kernel with an example signature, for compiling to PTX without a GPU ----------------
+
+
+def kernel_signatures() -> dict[str, list[tuple]]:
+    """name -> [(kernel dispatcher, signature), ...] for float32 and float64, as the launchers call them.
+
+    Compile with ``numba.cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))``. The signatures are
+    those numba infers at launch: C-contiguous arrays, int64 codes and indices, float64 scalars.
+    """
+    i64 = numba.int64
+    out = {}
+    for T in (numba.float32, numba.float64):
+        k = _build(T)
+        M, V = T[:, ::1], T[::1]  # matrix, vector
+        sigs = {
+            "forward_naive": (M, M, V, M, M, i64),
+            "forward_tiled": (M, M, V, M, M, i64),
+            "softmax_rows": (M, M),
+            "output_error": (M, M, M, M, i64, i64, V),
+            "hidden_error_naive": (M, M, M, M, M, i64),
+            "hidden_error_tiled": (M, M, M, M, M, i64),
+            "weight_gradient_naive": (M, M, numba.float64, M),
+            "weight_gradient_tiled": (M, M, numba.float64, M),
+            "bias_gradient": (M, numba.float64, V),
+            "sgd_update": (V, V, V, numba.float64, numba.float64, numba.float64),
+            "gather_rows": (M, i64[::1], M),
+            "count_nonfinite": (V, i64[::1]),
+            "count_correct": (M, M, i64[::1]),
+        }
+        for name, sig in sigs.items():
+            out.setdefault(name, []).append((getattr(k, name), sig))
+    return out
