@@ -1,11 +1,12 @@
 """Test set-up: CUDA kernels run in Numba's CUDA simulator unless a real NVIDIA GPU is present.
 
-This must run before numba is imported. Set NUMBA_ENABLE_CUDASIM yourself to override
-(0: the real GPU, 1: the simulator).
+The environment variable must be set before numba is imported. Set NUMBA_ENABLE_CUDASIM
+yourself to override (0: the real GPU, 1: the simulator).
 """
 
 import ctypes
 import os
+import zlib
 
 
 def _real_gpu_present() -> bool:
@@ -18,3 +19,12 @@ def _real_gpu_present() -> bool:
 
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _real_gpu_present() else "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: each test draws its own inputs, the same every run."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -1,0 +1,95 @@
+"""Each @njit kernel against the numpy float64 reference, on odd shapes and both dtypes."""
+
+import numpy as np
+import pytest
+import reference as ref
+
+from gpubp.kernels import activations, cpu, losses
+
+SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33)]  # (m, n_in, n_out)
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def close(actual, expected, dtype):
+    np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", ref.ACTIVATIONS + ["softmax"])
+def test_forward(rng, dtype, shape, act):
+    m, n_in, n_out = shape
+    A_prev, W, b = rng.standard_normal((m, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
+    Z, A = np.full((m, n_out), np.nan, dtype), np.full((m, n_out), np.nan, dtype)
+    cpu.forward(A_prev.astype(dtype), W.astype(dtype), b.astype(dtype), Z, A, activations.CODES[act])
+    z = A_prev @ W.T + b
+    close(Z, z, dtype)
+    close(A, ref.f(z, act), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss,act", ref.LOSS_OUTPUTS)
+@pytest.mark.parametrize("m,n", [(1, 1), (5, 3), (17, 10)])
+def test_output_error(rng, dtype, loss, act, m, n):
+    if act == "softmax" and n == 1:
+        pytest.skip("softmax of one output is constant")
+    z = rng.standard_normal((m, n))
+    a = ref.f(z, act)
+    y = ref.targets(rng, m, n, loss, act)
+    Z, A, Y = (v.astype(dtype) for v in (z, a, y))
+    a = A.astype(float)  # the reference sees the same rounded activations
+    delta = np.full((m, n), np.nan, dtype)
+    cost = np.array([0.25], dtype)
+    cpu.output_error(Z, A, Y, delta, losses.CODES[loss], activations.CODES[act], cost)
+    close(delta, ref.output_error(Z.astype(float), a, Y.astype(float), loss, act), dtype)
+    expected = 0.25 + ref.cost_rows(a, Y.astype(float), loss).sum()
+    np.testing.assert_allclose(cost[0], expected, rtol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+def test_hidden_error(rng, dtype, shape, act):
+    m, n, n_next = shape
+    D_next, W_next, z = rng.standard_normal((m, n_next)), rng.standard_normal((n_next, n)), rng.standard_normal((m, n))
+    a = ref.f(z, act)
+    delta = np.full((m, n), np.nan, dtype)
+    cpu.hidden_error(D_next.astype(dtype), W_next.astype(dtype), z.astype(dtype), a.astype(dtype), delta,
+                     activations.CODES[act])
+    close(delta, (D_next @ W_next) * ref.fprime(z, act), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_and_update(rng, dtype, shape):
+    m, n_in, n_out = shape
+    delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
+    nabla_w, nabla_b = np.full((n_out, n_in), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    cpu.weight_gradient(delta.astype(dtype), A_prev.astype(dtype), 0.5, nabla_w)
+    cpu.bias_gradient(delta.astype(dtype), 0.5, nabla_b)
+    close(nabla_w, 0.5 * delta.T @ A_prev, dtype)
+    close(nabla_b, 0.5 * delta.sum(axis=0), dtype)
+
+    P, g, v = rng.standard_normal(n_in * n_out), rng.standard_normal(n_in * n_out), rng.standard_normal(n_in * n_out)
+    P32, v32 = P.astype(dtype), v.astype(dtype)
+    cpu.sgd_update(P32, g.astype(dtype), v32, 0.1, 0.9, 0.01)
+    v_new = 0.9 * v - 0.1 * (g + 0.01 * P)
+    close(v32, v_new, dtype)
+    close(P32, P + v_new, dtype)
+
+
+def test_counts_and_gather(rng):
+    P = rng.standard_normal(50)
+    P[[3, 17]] = [np.nan, np.inf]
+    out = np.array([1])
+    cpu.count_nonfinite(P, out)
+    assert out[0] == 3
+    A, Y = rng.standard_normal((20, 4)), ref.onehot(rng.integers(0, 4, 20), 4)
+    correct = np.array([0])
+    cpu.count_correct(A, Y, correct)
+    assert correct[0] == (A.argmax(1) == Y.argmax(1)).sum()
+    idx = rng.permutation(20)[:7]
+    dst = np.empty((7, 4))
+    cpu.gather_rows(A, idx, dst)
+    np.testing.assert_array_equal(dst, A[idx])
