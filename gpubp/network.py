@@ -441,7 +441,7 @@ class Network:
                                config["loss"], dtype=config["dtype"], device=device)
 
 
-def check_gradients(net: Network, X: Any, Y: Any, eps: float = 1e-6, max_params: int | None = 2000,
+def check_gradients(net: Network, X: Any, Y: Any, eps: float = 1e-5, max_params: int | None = 2000,
                     seed: int = 0) -> float:
     """Largest relative error between ``net.gradients`` and central finite differences of C.
 
