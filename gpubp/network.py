@@ -427,13 +427,14 @@ class Network:
             raise FileNotFoundError(f"{path}: no such model file")
         try:
             with np.load(path, allow_pickle=False) as data:
-                if "format" not in data.files or str(data["format"]) != FORMAT:
-                    raise ValueError(f"{path}: not a gpubp model (no '{FORMAT}' marker)")
+                marked = isinstance(data, np.lib.npyio.NpzFile) and "format" in data.files
+                if not marked or str(data["format"]) != FORMAT:
+                    raise KeyError(f"no '{FORMAT}' marker")
                 config = json.loads(str(data["config"]))
                 L = len(config["sizes"]) - 1
                 weights = [data[f"w{l}"] for l in range(L)]
                 biases = [data[f"b{l}"] for l in range(L)]
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as e:
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
             raise ValueError(f"{path}: not a gpubp model, or truncated or corrupt ({e})") from None
         if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
             raise ValueError(f"{path}: corrupt model: the weights do not match sizes {config['sizes']}")

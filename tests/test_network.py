@@ -1,0 +1,301 @@
+"""The Network API: steps against the reference, paths agreeing, seeds, files, learning, errors."""
+
+import os
+
+import numpy as np
+import pytest
+import reference as ref
+
+import gpubp
+from gpubp import backends
+
+
+def reference_step(net, X, Y, lr, acts):
+    _, gw, gb = ref.backprop(net.weights, net.biases, X, Y, acts, net.loss)
+    return [w - lr * g for w, g in zip(net.weights, gw)], [b - lr * g for b, g in zip(net.biases, gb)]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_step_matches_reference(rng, dtype, tol):
+    net = gpubp.Network([5, 7, 4], activation="tanh", output_activation="softmax", loss="log_likelihood",
+                        dtype=dtype, device="cpu", seed=3)
+    X, labels = rng.standard_normal((9, 5)), rng.integers(0, 4, 9)
+    W, b = reference_step(net, X, ref.onehot(labels, 4), 0.7, ["tanh", "softmax"])
+    net.step(X, labels, lr=0.7)
+    for a, e in zip(net.weights + net.biases, W + b):
+        np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+def test_fit_is_minibatch_sgd(rng):
+    """fit without shuffling = the reference's step on each consecutive batch (last one short)."""
+    kw = dict(activation="sigmoid", loss="cross_entropy", dtype="float64", device="cpu", seed=5)
+    net = gpubp.Network([3, 4, 2], **kw)
+    X, Y = rng.standard_normal((11, 3)), rng.uniform(0, 1, (11, 2))
+    expected = gpubp.Network([3, 4, 2], **kw)
+    for s in range(0, 11, 4):
+        W, b = reference_step(expected, X[s : s + 4], Y[s : s + 4], 0.5, ["sigmoid", "sigmoid"])
+        expected = gpubp.Network.from_params(W, b, loss="cross_entropy", dtype="float64", device="cpu")
+    net.fit(X, Y, epochs=1, batch_size=4, lr=0.5, shuffle=False)
+    for a, e in zip(net.weights + net.biases, expected.weights + expected.biases):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+
+
+def train_params(device, path="auto", dtype="float64", **fit):
+    rng = np.random.default_rng(0)
+    X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
+    net = gpubp.Network([6, 5, 3], activation="relu", output_activation="softmax", loss="log_likelihood",
+                        dtype=dtype, device=device, seed=11, path=path)
+    history = net.fit(X, labels, epochs=3, batch_size=5, lr=0.3, **fit)
+    return net.weights + net.biases, history
+
+
+def test_layers_path_equals_epoch_path():
+    a, ha = train_params("cpu", "epoch", momentum=0.9, weight_decay=0.01)
+    b, hb = train_params("cpu", "layers", momentum=0.9, weight_decay=0.01)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_cuda_path_agrees_with_cpu(dtype, tol):
+    a, ha = train_params("cpu", dtype=dtype, momentum=0.5)
+    b, hb = train_params("cuda", dtype=dtype, momentum=0.5)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_api_matches_cpu(rng):
+    X, labels = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    nets = [gpubp.Network([4, 3, 3], dtype="float64", device=d, seed=2) for d in ("cpu", "cuda")]
+    assert nets[1].device == "cuda"
+    for g_cpu, g_cuda in zip(*(n.gradients(X, labels)[0] for n in nets)):
+        np.testing.assert_allclose(g_cuda, g_cpu, rtol=1e-10)
+    np.testing.assert_allclose(nets[1].predict(X), nets[0].predict(X), rtol=1e-12)
+    for key in ("loss", "accuracy"):
+        assert nets[1].evaluate(X, labels)[key] == pytest.approx(nets[0].evaluate(X, labels)[key], rel=1e-10)
+    for n in nets:
+        n.step(X, labels, lr=1.0)
+    np.testing.assert_allclose(nets[1].weights[0], nets[0].weights[0], rtol=1e-10)
+
+
+def test_same_seed_same_result():
+    a, ha = train_params("cpu", dtype="float32")
+    b, hb = train_params("cpu", dtype="float32")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert ha["loss"] == hb["loss"]
+    c, _ = train_params("cpu", dtype="float32", shuffle=False)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_init_statistics():
+    net = gpubp.Network([400, 300, 10], init="scaled", seed=1, device="cpu", dtype="float64")
+    assert net.weights[0].shape == (300, 400) and net.biases[0].shape == (300,)
+    assert np.std(net.weights[0]) == pytest.approx(1 / np.sqrt(400), rel=0.02)
+    assert np.std(net.biases[0]) == pytest.approx(1, rel=0.1)
+    net = gpubp.Network([400, 300, 10], init="standard", seed=1, device="cpu")
+    assert np.std(net.weights[0]) == pytest.approx(1, rel=0.02)
+
+
+def test_learns_xor():
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
+    Y = np.array([0, 1, 1, 0])
+    net = gpubp.Network([2, 4, 1], activation="tanh", output_activation="sigmoid", loss="cross_entropy",
+                        device="cpu", seed=0)
+    net.fit(X, Y, epochs=2000, batch_size=4, lr=1.0)
+    out = net.predict(X)[:, 0]
+    assert net.evaluate(X, Y)["accuracy"] == 1.0
+    assert (np.abs(out - Y) < 0.2).all(), out
+
+
+def test_learns_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    X, y = digits.data / 16.0, digits.target
+    net = gpubp.Network([64, 30, 10], device="cpu", seed=0)
+    history = net.fit(X[:1500], y[:1500], epochs=20, batch_size=10, lr=3.0, validation=(X[1500:], y[1500:]))
+    assert history["loss"][-1] < history["loss"][0]
+    assert len(history["val_accuracy"]) == 20 and all(s > 0 for s in history["seconds"])
+    # the textbook network on digits scores about 0.93-0.95 on the held-out rows
+    assert net.evaluate(X[1500:], y[1500:])["accuracy"] >= 0.9
+
+
+def test_callback_stops_training(rng):
+    net = gpubp.Network([3, 2], device="cpu")
+    seen = []
+    history = net.fit(rng.standard_normal((8, 3)), rng.integers(0, 2, 8), epochs=10,
+                      callback=lambda epoch, rec: seen.append(rec["loss"]) or epoch < 3)
+    assert len(seen) == 3 and history["epoch"] == [1, 2, 3]
+
+
+def test_progress_reports_samples(rng):
+    calls = []
+    net = gpubp.Network([3, 2], device="cpu")
+    net.fit(rng.standard_normal((1000, 3)), rng.integers(0, 2, 1000), epochs=1, batch_size=7,
+            progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (1000, 1000) and len(calls) > 10
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+
+
+def test_divergence_stops_with_last_finite_parameters(rng):
+    X, Y = rng.standard_normal((50, 4)) * 10, rng.standard_normal((50, 2)) * 10
+    net = gpubp.Network([4, 16, 2], activation="relu", output_activation="linear", device="cpu", seed=0)
+    net.fit(X, Y, epochs=1, batch_size=5, lr=1e-4)
+    before = net.weights
+    with pytest.raises(gpubp.TrainingDiverged, match="epoch 1.*smaller learning rate"):
+        net.fit(X, Y, epochs=5, batch_size=5, lr=1e3)
+    for a, b in zip(net.weights, before):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- device selection ------------------------------------------------------------------------------
+
+
+def test_auto_never_picks_the_simulator(monkeypatch):
+    monkeypatch.setattr(backends, "simulator_enabled", lambda: True)
+    monkeypatch.setattr(backends, "cuda_status", lambda: (True, "Numba's CUDA simulator"))
+    assert gpubp.Network([2, 2]).device == "cpu"
+
+
+def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_status", lambda: (False, "no CUDA driver or GPU found by Numba"))
+    with pytest.raises(RuntimeError, match="device='cuda' but no CUDA driver"):
+        gpubp.Network([2, 2], device="cuda")
+    assert gpubp.Network([2, 2], device="auto").device == "cpu"
+
+
+def test_auto_logs_its_choice(caplog):
+    with caplog.at_level("INFO", logger="gpubp"):
+        gpubp.Network([2, 2])
+    assert "device='auto' uses cpu" in caplog.text
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    net = gpubp.Network([5, 4, 3], activation="relu", output_activation="softmax", loss="log_likelihood",
+                        dtype="float64", device="cpu", seed=4)
+    path = tmp_path / "model.npz"
+    net.save(path)
+    back = gpubp.Network.load(path, device="cpu")
+    assert (back.sizes, back.activation, back.output_activation, back.loss, back.dtype) == (
+        net.sizes, net.activation, net.output_activation, net.loss, net.dtype)
+    X = rng.standard_normal((4, 5))
+    np.testing.assert_array_equal(back.predict(X), net.predict(X))
+    assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
+
+
+def test_failed_save_leaves_existing_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    gpubp.Network([2, 3, 1], device="cpu", seed=1).save(path)
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        gpubp.Network([2, 3, 1], device="cpu", seed=2).save(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        gpubp.Network.load(tmp_path / "missing.npz")
+    good = tmp_path / "good.npz"
+    gpubp.Network([3, 2], device="cpu").save(good)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:100])
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, X=np.zeros(3))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    for bad in (truncated, foreign, junk):
+        with pytest.raises(ValueError, match="not a gpubp model"):
+            gpubp.Network.load(bad)
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(sizes=[3]), ValueError, "at least two layers"),
+    (dict(sizes=[3, 0]), ValueError, "positive integer"),
+    (dict(sizes=[3, 2.5]), ValueError, "positive integer"),
+    (dict(sizes=[3, 2], activation="swish"), ValueError, "unknown activation 'swish'"),
+    (dict(sizes=[3, 2], output_activation="gelu"), ValueError, "unknown output_activation 'gelu'"),
+    (dict(sizes=[3, 2], loss="hinge"), ValueError, "unknown loss 'hinge'"),
+    (dict(sizes=[3, 2], init="xavier"), ValueError, "unknown init 'xavier'"),
+    (dict(sizes=[3, 2], dtype="float16"), ValueError, "unknown dtype"),
+    (dict(sizes=[3, 2], device="tpu"), ValueError, "unknown device 'tpu'"),
+    (dict(sizes=[3, 2, 2], activation="softmax"), ValueError, "output layer only"),
+    (dict(sizes=[3, 2], loss="log_likelihood"), ValueError, "does not fit output_activation 'sigmoid'"),
+    (dict(sizes=[3, 2], loss="cross_entropy", output_activation="relu"), ValueError, "does not fit"),
+])
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gpubp.Network(**kwargs)
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="do not chain"):
+        gpubp.Network.from_params([np.zeros((3, 2)), np.zeros((2, 4))], [np.zeros(3), np.zeros(2)])
+    with pytest.raises(ValueError, match="finite"):
+        gpubp.Network.from_params([np.full((3, 2), np.nan)], [np.zeros(3)])
+
+
+@pytest.fixture
+def net():
+    return gpubp.Network([3, 4, 2], device="cpu")
+
+
+X_OK = np.zeros((5, 3))
+
+
+@pytest.mark.parametrize("X,Y,error,match", [
+    (np.zeros((5, 4)), np.zeros(5, int), ValueError, r"shape \(n, 3\)"),
+    (np.zeros(3), np.zeros(1, int), ValueError, r"shape \(n, 3\)"),
+    (np.zeros((0, 3)), np.zeros(0, int), ValueError, r"n >= 1"),
+    (np.array([[0, np.nan, 0]] * 5), np.zeros(5, int), ValueError, "X contains NaN or inf"),
+    (np.array([["a", "b", "c"]] * 5), np.zeros(5, int), TypeError, "real numbers"),
+    (X_OK, np.zeros(4, int), ValueError, "one row per sample"),
+    (X_OK, np.array([0, 1, 2, 0, 1]), ValueError, "label 2 at row 2 is out of range for 2 outputs"),
+    (X_OK, np.array([0, 1, -1, 0, 1]), ValueError, "label -1 at row 2 is out of range"),
+    (X_OK, np.zeros(5), TypeError, "must be integers"),
+    (X_OK, np.zeros((5, 3)), ValueError, r"targets of shape \(5, 2\)"),
+    (X_OK, np.full((5, 2), np.inf), ValueError, "Y contains NaN or inf"),
+])
+def test_bad_data(net, X, Y, error, match):
+    for call in (lambda: net.fit(X, Y, epochs=1), lambda: net.gradients(X, Y), lambda: net.evaluate(X, Y)):
+        with pytest.raises(error, match=match):
+            call()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lr=0), "lr must be positive"), (dict(lr=-1.0), "lr must be positive"),
+    (dict(lr=float("nan")), "lr must be positive"), (dict(epochs=0), "epochs must be positive"),
+    (dict(batch_size=0), "batch_size must be positive"), (dict(batch_size=2.5), "batch_size must be an integer"),
+    (dict(momentum=1.0), "momentum"), (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(validation=(np.zeros((2, 3)), np.array([0, 5]))), "label 5"),
+])
+def test_bad_training_settings(net, kwargs, match):
+    before = net.weights
+    with pytest.raises((ValueError, TypeError), match=match):
+        net.fit(X_OK, np.zeros(5, int), **kwargs)
+    for a, b in zip(net.weights, before):  # refused before any work started
+        np.testing.assert_array_equal(a, b)
+
+
+def test_targets_must_fit_the_loss():
+    net = gpubp.Network([3, 2], loss="cross_entropy", device="cpu")
+    with pytest.raises(ValueError, match=r"targets in \[0, 1\]"):
+        net.gradients(X_OK, np.full((5, 2), 2.0))
+    net = gpubp.Network([3, 2], output_activation="softmax", loss="log_likelihood", device="cpu")
+    with pytest.raises(ValueError, match="sum to 1"):
+        net.gradients(X_OK, np.full((5, 2), 0.2))
