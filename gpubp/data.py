@@ -12,8 +12,9 @@ Splits:
 - digits (scikit-learn, 1,797 8x8 images, pixels /16): a fixed permutation (seed 0) split into
   1,297 training, 250 validation and 250 test images.
 - .npz: ``X`` and ``y`` are permuted with a fixed seed (0) and split 80% / 10% / 10%
-  (training / validation / test); if the file also has ``X_test``/``y_test`` (and/or
-  ``X_val``/``y_val``) those are used as given and the rest of ``X``/``y`` becomes training data.
+  (training / validation / test; a nonzero fraction holds at least one row). If the file also
+  has ``X_test``/``y_test`` (and/or ``X_val``/``y_val``), those are used as given and the rest of
+  ``X``/``y`` becomes training data.
 
 Every problem with a file raises :class:`DataError` (a ``ValueError``) whose message names the file.
 """
@@ -134,9 +135,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(data) < 4:
         raise DataError(f"{path}: {what} is {len(data)} bytes, too short for an IDX header (4 bytes or more)")
     if data[0] != 0 or data[1] != 0:
-        raise DataError(
-            f"{path}: not an IDX file (magic number starts with {data[:2].hex(' ')}, expected 00 00)"
-        )
+        raise DataError(f"{path}: not an IDX file (magic number starts with {data[:2].hex(' ')}, expected 00 00)")
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X} {n}" for c, n in _IDX_TYPE_NAMES.items())
@@ -156,8 +155,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         dims = "x".join(str(d) for d in shape)
         hint = "truncated?" if len(data) < expected else "trailing data, or wrong dimensions?"
         raise DataError(
-            f"{path}: {what} is {len(data)} bytes, expected {expected} for {dims} "
-            f"{_IDX_TYPE_NAMES[code]} ({hint})"
+            f"{path}: {what} is {len(data)} bytes, expected {expected} for {dims} {_IDX_TYPE_NAMES[code]} ({hint})"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
@@ -231,9 +229,7 @@ class Dataset:
             if n_features is None:
                 n_features = X.shape[1]
             elif X.shape[1] != n_features:
-                raise DataError(
-                    f"{self.name}: X_{split} has {X.shape[1]} features per row, X_train has {n_features}"
-                )
+                raise DataError(f"{self.name}: X_{split} has {X.shape[1]} features per row, X_train has {n_features}")
             splits[split] = (X, y)
         if len(splits["train"][1]) == 0:
             raise DataError(f"{self.name}: the training split is empty")
@@ -290,9 +286,7 @@ def _as_labels(y: Any, what: str) -> np.ndarray:
         if not np.isfinite(y).all():
             raise DataError(f"{what}: labels contain NaN or infinity")
         if (y != np.round(y)).any():
-            raise DataError(
-                f"{what}: labels must be integers, got non-integer values like {y[y != np.round(y)][0]}"
-            )
+            raise DataError(f"{what}: labels must be integers, got non-integer values like {y[y != np.round(y)][0]}")
     elif not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise DataError(f"{what}: labels must be integers, got {y.dtype}")
     y = y.astype(np.int64)
@@ -304,9 +298,7 @@ def _as_labels(y: Any, what: str) -> np.ndarray:
 def _split_last(X: np.ndarray, y: np.ndarray, validation: int, what: str):
     """Hold out the last ``validation`` rows."""
     if not 0 <= validation < len(y):
-        raise DataError(
-            f"{what}: validation={validation} must be from 0 to {len(y) - 1} ({len(y)} training rows)"
-        )
+        raise DataError(f"{what}: validation={validation} must be from 0 to {len(y) - 1} ({len(y)} training rows)")
     cut = len(y) - validation
     return X[:cut], y[:cut], X[cut:], y[cut:]
 
@@ -351,9 +343,7 @@ def _idx_files(folder: Path, what: str) -> dict[str, Path]:
 def _read_images(path: Path) -> np.ndarray:
     X = read_idx(path)
     if X.ndim not in (2, 3):
-        raise DataError(
-            f"{path}: expected images (n x rows x cols) or rows (n x features), got shape {X.shape}"
-        )
+        raise DataError(f"{path}: expected images (n x rows x cols) or rows (n x features), got shape {X.shape}")
     return X.reshape(len(X), -1)
 
 
@@ -366,9 +356,7 @@ def _read_labels(path: Path, n_images: int, images: Path) -> np.ndarray:
     return _as_labels(y, str(path))
 
 
-def load_idx_folder(
-    path: str | os.PathLike[str], validation: int | None = None, name: str | None = None
-) -> Dataset:
+def load_idx_folder(path: str | os.PathLike[str], validation: int | None = None, name: str | None = None) -> Dataset:
     """Load a folder of IDX files in the MNIST layout (train-images…, train-labels…, t10k-…).
 
     Images become rows of ``rows*cols`` inputs, uint8 pixels scaled to [0, 1]. The LAST
@@ -463,9 +451,7 @@ def load_npz(
     if n - n_test - n_val < 1:
         raise DataError(f"{path}: {n} rows are too few to split into training, validation and test sets")
     test_idx, val_idx, train_idx = np.split(order, [n_test, n_test + n_val])
-    X_test, y_test = (
-        (arrays["X_test"], arrays["y_test"]) if "X_test" in arrays else (X[test_idx], y[test_idx])
-    )
+    X_test, y_test = (arrays["X_test"], arrays["y_test"]) if "X_test" in arrays else (X[test_idx], y[test_idx])
     X_val, y_val = (arrays["X_val"], arrays["y_val"]) if "X_val" in arrays else (X[val_idx], y[val_idx])
     return Dataset(X[train_idx], y[train_idx], X_val, y_val, X_test, y_test, name=path.name)
 
@@ -480,8 +466,7 @@ def load_digits() -> Dataset:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
         raise DataError(
-            "digits: the digits data set comes with scikit-learn, which is not installed: "
-            "pip install scikit-learn"
+            "digits: the digits data set comes with scikit-learn, which is not installed: pip install scikit-learn"
         ) from None
     bunch = sk_load_digits()
     X = np.asarray(bunch.data, dtype=np.float32) / np.float32(16.0)

@@ -5,11 +5,11 @@ from .kernels import activations, losses
 ACTIVATIONS = tuple(activations.CODES)  # sigmoid, tanh, relu, linear, softmax
 LOSSES = tuple(losses.CODES)  # quadratic, cross_entropy, log_likelihood
 
-# Output activations each loss accepts. Cross-entropy needs outputs in (0, 1); log-likelihood
-# needs outputs that form a probability distribution.
+# Output activations each loss accepts: cross-entropy treats each output as an independent
+# probability in (0, 1); log-likelihood needs outputs that form one distribution.
 FITTING_OUTPUTS = {
     "quadratic": ACTIVATIONS,
-    "cross_entropy": ("sigmoid", "softmax"),
+    "cross_entropy": ("sigmoid",),
     "log_likelihood": ("softmax",),
 }
 
@@ -32,9 +32,7 @@ def resolve(activation: str, output_activation: str | None, loss: str) -> tuple[
     output_activation = output_activation or activation
     if output_activation not in FITTING_OUTPUTS[loss]:
         fits = " or ".join(repr(a) for a in FITTING_OUTPUTS[loss])
-        raise ValueError(
-            f"loss {loss!r} does not fit output_activation {output_activation!r}: use {fits} outputs"
-        )
+        raise ValueError(f"loss {loss!r} does not fit output_activation {output_activation!r}: use {fits} outputs")
     return activation, output_activation, loss
 
 

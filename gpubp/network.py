@@ -70,10 +70,18 @@ class Network:
     shuffling: the same seed gives the same result on the CPU.
     """
 
-    def __init__(self, sizes: Sequence[int], activation: str = "sigmoid",
-                 output_activation: str | None = None, loss: str = "quadratic", init: str = "scaled",
-                 dtype: str = "float32", device: str = "auto", seed: int | None = 0,
-                 path: str = "auto") -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "sigmoid",
+        output_activation: str | None = None,
+        loss: str = "quadratic",
+        init: str = "scaled",
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int | None = 0,
+        path: str = "auto",
+    ) -> None:
         sizes = self._check_sizes(sizes)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose 'scaled' or 'standard'")
@@ -86,10 +94,18 @@ class Network:
         self._setup(sizes, weights, biases, activation, output_activation, loss, dtype, device, path, rng)
 
     @classmethod
-    def from_params(cls, weights: Sequence[Any], biases: Sequence[Any], activation: str = "sigmoid",
-                    output_activation: str | None = None, loss: str = "quadratic",
-                    dtype: str = "float32", device: str = "auto", seed: int | None = 0,
-                    path: str = "auto") -> Network:
+    def from_params(
+        cls,
+        weights: Sequence[Any],
+        biases: Sequence[Any],
+        activation: str = "sigmoid",
+        output_activation: str | None = None,
+        loss: str = "quadratic",
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int | None = 0,
+        path: str = "auto",
+    ) -> Network:
         """A network with the given parameters: weights[l] is (sizes[l+1], sizes[l])."""
         if len(weights) != len(biases) or len(weights) == 0:
             raise ValueError(
@@ -109,13 +125,33 @@ class Network:
                 if p.dtype.kind not in "iuf" or not np.isfinite(p).all():
                     raise ValueError(f"layer {l + 1}: {name} must be finite real numbers")
         net = cls.__new__(cls)
-        net._setup(cls._check_sizes(sizes), weights, biases, activation, output_activation, loss,
-                   dtype, device, path, np.random.default_rng(seed))
+        net._setup(
+            cls._check_sizes(sizes),
+            weights,
+            biases,
+            activation,
+            output_activation,
+            loss,
+            dtype,
+            device,
+            path,
+            np.random.default_rng(seed),
+        )
         return net
 
-    def _setup(self, sizes: list[int], weights: list[np.ndarray], biases: list[np.ndarray],
-               activation: str, output_activation: str | None, loss: str, dtype: str, device: str,
-               path: str, rng: np.random.Generator) -> None:
+    def _setup(
+        self,
+        sizes: list[int],
+        weights: list[np.ndarray],
+        biases: list[np.ndarray],
+        activation: str,
+        output_activation: str | None,
+        loss: str,
+        dtype: str,
+        device: str,
+        path: str,
+        rng: np.random.Generator,
+    ) -> None:
         self.activation, self.output_activation, self.loss = resolve(activation, output_activation, loss)
         try:
             self.dtype = np.dtype(dtype)
@@ -127,9 +163,14 @@ class Network:
         self._rng = rng
         self._backend = backends.select(device)
         flat = np.concatenate([w.ravel() for w in weights] + [b.ravel() for b in biases])
-        self._schedule = Schedule(self._backend, sizes, layer_codes(self.activation, self.output_activation,
-                                  len(sizes) - 1), loss_codes.CODES[self.loss],
-                                  flat.astype(self.dtype), path)
+        self._schedule = Schedule(
+            self._backend,
+            sizes,
+            layer_codes(self.activation, self.output_activation, len(sizes) - 1),
+            loss_codes.CODES[self.loss],
+            flat.astype(self.dtype),
+            path,
+        )
 
     @staticmethod
     def _check_sizes(sizes: Sequence[int]) -> list[int]:
@@ -147,7 +188,7 @@ class Network:
     # -- properties ------------------------------------------------------------------------------
     @property
     def device(self) -> str:
-        """"cpu" or "cuda": where this network's kernels run."""
+        """ "cpu" or "cuda": where this network's kernels run."""
         return self._backend.name
 
     @property
@@ -173,9 +214,11 @@ class Network:
         return ws, bs
 
     def __repr__(self) -> str:
-        return (f"Network({self.sizes}, activation={self.activation!r}, output_activation="
-                f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.name!r}, "
-                f"device={self.device!r})")
+        return (
+            f"Network({self.sizes}, activation={self.activation!r}, output_activation="
+            f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.name!r}, "
+            f"device={self.device!r})"
+        )
 
     # -- input checks: once, at the edge -------------------------------------------------------------
     def _inputs(self, X: Any, name: str = "X") -> Any:
@@ -233,9 +276,7 @@ class Network:
             bad = (Y < 0) | (Y >= k)
             if bad.any():
                 i = int(np.argmax(bad))
-                raise ValueError(
-                    f"label {Y[i]} at row {i} is out of range for {k} outputs (labels must be 0..{k - 1})"
-                )
+                raise ValueError(f"label {Y[i]} at row {i} is out of range for {k} outputs (labels must be 0..{k - 1})")
             onehot = np.zeros((n, k), self.dtype)
             onehot[np.arange(n), Y.astype(np.int64)] = 1
             return self._backend.to_device(onehot)
@@ -255,10 +296,20 @@ class Network:
         return self._backend.to_device(Y)
 
     # -- the API ------------------------------------------------------------------------------------
-    def fit(self, X: Any, Y: Any, epochs: int = 30, batch_size: int = 10, lr: float = 3.0,
-            validation: tuple[Any, Any] | None = None, shuffle: bool = True,
-            callback: Callable[[int, dict], Any] | None = None, momentum: float = 0.0,
-            weight_decay: float = 0.0, progress: Callable[[int, int], Any] | None = None) -> History:
+    def fit(
+        self,
+        X: Any,
+        Y: Any,
+        epochs: int = 30,
+        batch_size: int = 10,
+        lr: float = 3.0,
+        validation: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        callback: Callable[[int, dict], Any] | None = None,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> History:
         """Train by mini-batch SGD and return the per-epoch ``History``.
 
         Each epoch shuffles the rows (if ``shuffle``) and, for every mini-batch of ``batch_size``
@@ -295,8 +346,7 @@ class Network:
             order = self._rng.permutation(n) if shuffle else np.arange(n)
             s.save_snapshot()
             s.reset_cost()
-            s.train_epoch(Xd, Yd, order, batch_size, float(lr), float(momentum), float(weight_decay),
-                          progress)
+            s.train_epoch(Xd, Yd, order, batch_size, float(lr), float(momentum), float(weight_decay), progress)
             loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
             if not math.isfinite(loss) or s.nonfinite_params():
                 s.restore_snapshot()
@@ -366,8 +416,9 @@ class Network:
         from .kernels import cpu as k
 
         _check_positive("lr", lr, integer=False)
-        f64 = Network.from_params(self.weights, self.biases, self.activation, self.output_activation,
-                                  self.loss, dtype="float64", device="cpu")
+        f64 = Network.from_params(
+            self.weights, self.biases, self.activation, self.output_activation, self.loss, dtype="float64", device="cpu"
+        )
         x = np.asarray(x, dtype=float).reshape(1, -1)
         X = f64._inputs(x, "x")
         Y = f64._targets(np.atleast_1d(np.asarray(y)).reshape(1, -1) if np.ndim(y) else np.array([y]), 1, "y")
@@ -390,20 +441,34 @@ class Network:
             k.bias_gradient(delta[l], 1.0, nabla_b[l])
         row = lambda m: m[0].copy()  # noqa: E731
         return {
-            "x": row(X), "y": row(Y), "weights": W, "biases": b,
-            "z": [row(v) for v in z], "a": [row(v) for v in a], "cost": float(cost[0]),
-            "delta": [row(v) for v in delta], "nabla_w": nabla_w, "nabla_b": nabla_b,
+            "x": row(X),
+            "y": row(Y),
+            "weights": W,
+            "biases": b,
+            "z": [row(v) for v in z],
+            "a": [row(v) for v in a],
+            "cost": float(cost[0]),
+            "delta": [row(v) for v in delta],
+            "nabla_w": nabla_w,
+            "nabla_b": nabla_b,
             "weights_after": [w - lr * g for w, g in zip(W, nabla_w)],
             "biases_after": [bb - lr * g for bb, g in zip(b, nabla_b)],
-            "lr": float(lr), "activations": [act_codes.NAMES[c] for c in acts], "loss": self.loss,
+            "lr": float(lr),
+            "activations": [act_codes.NAMES[c] for c in acts],
+            "loss": self.loss,
         }
 
     # -- files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename."""
         path = os.fspath(path)
-        config = {"sizes": self.sizes, "activation": self.activation,
-                  "output_activation": self.output_activation, "loss": self.loss, "dtype": self.dtype.name}
+        config = {
+            "sizes": self.sizes,
+            "activation": self.activation,
+            "output_activation": self.output_activation,
+            "loss": self.loss,
+            "dtype": self.dtype.name,
+        }
         arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(config))}
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
@@ -438,12 +503,20 @@ class Network:
             raise ValueError(f"{path}: not a gpubp model, or truncated or corrupt ({e})") from None
         if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
             raise ValueError(f"{path}: corrupt model: the weights do not match sizes {config['sizes']}")
-        return cls.from_params(weights, biases, config["activation"], config["output_activation"],
-                               config["loss"], dtype=config["dtype"], device=device)
+        return cls.from_params(
+            weights,
+            biases,
+            config["activation"],
+            config["output_activation"],
+            config["loss"],
+            dtype=config["dtype"],
+            device=device,
+        )
 
 
-def check_gradients(net: Network, X: Any, Y: Any, eps: float = 1e-5, max_params: int | None = 2000,
-                    seed: int = 0) -> float:
+def check_gradients(
+    net: Network, X: Any, Y: Any, eps: float = 1e-5, max_params: int | None = 2000, seed: int = 0
+) -> float:
     """Largest relative error between ``net.gradients`` and central finite differences of C.
 
     The idea behind the method: nudge one parameter p by +-eps, watch the cost move, and compare
@@ -452,8 +525,9 @@ def check_gradients(net: Network, X: Any, Y: Any, eps: float = 1e-5, max_params:
     finite differences have no relative precision left. At most ``max_params`` parameters are
     checked (a random sample; all of them if None).
     """
-    f64 = Network.from_params(net.weights, net.biases, net.activation, net.output_activation, net.loss,
-                              dtype="float64", device="cpu")
+    f64 = Network.from_params(
+        net.weights, net.biases, net.activation, net.output_activation, net.loss, dtype="float64", device="cpu"
+    )
     Xd = f64._inputs(X)
     Yd = f64._targets(Y, Xd.shape[0])
     s = f64._schedule

@@ -42,8 +42,9 @@ class Views:
 class Schedule:
     """A network's parameters and buffers on one backend, and the kernel launches that train it."""
 
-    def __init__(self, backend: Backend, sizes: list[int], acts: list[int], loss: int,
-                 params: np.ndarray, path: str = "auto") -> None:
+    def __init__(
+        self, backend: Backend, sizes: list[int], acts: list[int], loss: int, params: np.ndarray, path: str = "auto"
+    ) -> None:
         if path not in PATHS:
             raise ValueError(f"unknown path {path!r}; choose one of {', '.join(map(repr, PATHS))}")
         if path == "auto":
@@ -61,15 +62,13 @@ class Schedule:
         w_off = np.concatenate([[0], np.cumsum(n_w)])
         b_off = w_off[-1] + np.concatenate([[0], np.cumsum(sizes[1:])])
         self.n_weights = int(w_off[-1])
-        self.layout = np.array(
-            [[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64
-        )
+        self.layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64)
         self.units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
         self.params = backend.to_device(params)
         self.nabla = backend.zeros(params.shape, self.dtype)
         self.velocity = backend.zeros(params.shape, self.dtype)
-        self.cost = backend.zeros(1, self.dtype)
+        self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits
         self.count = backend.zeros(1, np.int64)
         self._snapshot = backend.empty(params.shape, self.dtype)
         self.W, self.b = self._layer_views(self.params)
@@ -90,8 +89,9 @@ class Schedule:
         if cap not in self._buffers:
             n = cap * int(self.units[-1])
             e = self.backend.empty
-            self._buffers = {cap: (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype),
-                                   e(cap * self.sizes[-1], self.dtype))}
+            self._buffers = {
+                cap: (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype), e(cap * self.sizes[-1], self.dtype))
+            }
             self._views = {}
         return self._buffers[cap]
 
@@ -101,11 +101,11 @@ class Schedule:
             A, Z, D, Y = self.buffers(cap)
 
             def slots(buf: Any) -> list[Any]:
-                return [buf[cap * u : cap * u + m * n].reshape((m, n))
-                        for u, n in zip(self.units[:-1], self.sizes)]
+                return [buf[cap * u : cap * u + m * n].reshape((m, n)) for u, n in zip(self.units[:-1], self.sizes)]
 
-            self._views[(cap, m)] = Views(slots(A), slots(Z), slots(D),
-                                          Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1])))
+            self._views[(cap, m)] = Views(
+                slots(A), slots(Z), slots(D), Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1]))
+            )
         return self._views[(cap, m)]
 
     # -- one batch, layer by layer ------------------------------------------------------------
@@ -128,9 +128,17 @@ class Schedule:
         self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
 
     # -- what the network asks for --------------------------------------------------------------
-    def train_epoch(self, X: Any, Y: Any, order: np.ndarray, batch_size: int, lr: float,
-                    momentum: float, decay: float,
-                    progress: Callable[[int, int], Any] | None = None) -> None:
+    def train_epoch(
+        self,
+        X: Any,
+        Y: Any,
+        order: np.ndarray,
+        batch_size: int,
+        lr: float,
+        momentum: float,
+        decay: float,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> None:
         """Mini-batch SGD over the rows of X in ``order``; adds the batches' costs to ``cost``."""
         n = len(order)
         order_d = self.backend.to_device(order.astype(np.int64))
@@ -140,9 +148,29 @@ class Schedule:
             stop = min(start + chunk, n)
             if self.path == "epoch":
                 A, Z, D, Yb = self.buffers(batch_size)
-                self.k.train_batches(X, Y, order_d, start, stop, batch_size, self.params, self.nabla,
-                                     self.velocity, self.layout, self.units, self.acts, self.loss,
-                                     A, Yb, Z, D, lr, momentum, decay, self.cost)
+                self.k.train_batches(
+                    X,
+                    Y,
+                    order_d,
+                    start,
+                    stop,
+                    batch_size,
+                    self.params,
+                    self.nabla,
+                    self.velocity,
+                    self.layout,
+                    self.units,
+                    self.acts,
+                    self.loss,
+                    A,
+                    Yb,
+                    Z,
+                    D,
+                    lr,
+                    momentum,
+                    decay,
+                    self.cost,
+                )
             else:
                 for s in range(start, stop, batch_size):
                     e = min(s + batch_size, stop)
@@ -164,7 +192,7 @@ class Schedule:
 
     def evaluate(self, X: Any, Y: Any, cap: int = 1024) -> tuple[float, int]:
         """(sum over rows of the cost C_x, number of rows whose argmax matches Y's)."""
-        self.backend.copy(np.zeros(1, self.dtype), self.cost)
+        self.backend.copy(np.zeros(1, np.float64), self.cost)
         self.backend.copy(np.zeros(1, np.int64), self.count)
         n, L = X.shape[0], self.L
         cap = min(cap, n)
@@ -194,7 +222,7 @@ class Schedule:
 
     # -- state ----------------------------------------------------------------------------------
     def reset_cost(self) -> None:
-        self.backend.copy(np.zeros(1, self.dtype), self.cost)
+        self.backend.copy(np.zeros(1, np.float64), self.cost)
 
     def read_cost(self) -> float:
         return float(self.backend.to_host(self.cost)[0])

@@ -48,8 +48,6 @@ def fprime(z, a, act):
     return 1.0  # LINEAR
 
 
-
-
 def softmax_row(z, a):
     """a_j = e^(z_j) / sum_k e^(z_k) over one row, shifted by max(z) so e^x never overflows."""
     n = z.shape[0]

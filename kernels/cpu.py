@@ -5,36 +5,95 @@ vectorise it (``fastmath`` here allows reassociation and fused multiply-add only
 still propagate and divergence stays detectable).
 """
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activations import SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
+
+
+def _drop_stale_cache() -> None:
+    """Numba's on-disk cache checks only this file's timestamp, but these kernels inline the
+    formulas of activations.py and losses.py: drop the cache when any of the three changed."""
+    here = Path(__file__).parent
+    sources = b"".join((here / name).read_bytes() for name in ("activations.py", "losses.py", "cpu.py"))
+    stamp, marker = hashlib.sha256(sources).hexdigest(), here / "__pycache__" / "gpubp-kernels.stamp"
+    try:
+        if marker.read_text() == stamp:
+            return
+    except OSError:  # no marker yet: the cache may be from any version
+        pass
+    try:
+        for stale in marker.parent.glob("cpu.*.nb[ic]"):
+            stale.unlink(missing_ok=True)
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(stamp)
+    except OSError:  # a read-only install: Numba then caches elsewhere
+        pass
+
+
+_drop_stale_cache()
+
 
 f, fprime, softmax_row = _activations_for("cpu")
 output_error_row = _losses_for("cpu")
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
+# Products of at least this many multiply-adds run on all cores (numba.prange); smaller ones
+# run on one, where starting the threads would cost more than they save.
+PARALLEL_WORK = 1 << 20
 
 
-@jit
-def forward(A_prev, W, b, Z, A, act):
-    """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z)."""
+def _twins(py_func):
+    """Compile a kernel body twice: on one core, and with its prange loop spread over all cores."""
+    return jit(py_func), njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)(py_func)
+
+
+def _forward(A_prev, W, b, Z, A, act):
     m, n_in = A_prev.shape
     n_out = W.shape[0]
-    for i in range(m):
-        for j in range(n_out):
-            s = Z.dtype.type(0)
+    zero = Z.dtype.type(0)
+    for i in prange(m):
+        a = A_prev[i]
+        n4 = n_out - n_out % 4
+        for j in range(0, n4, 4):  # four outputs at a time share each load of a[k]
+            w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+            s0 = s1 = s2 = s3 = zero
             for k in range(n_in):
-                s += A_prev[i, k] * W[j, k]
+                s0 += a[k] * w0[k]
+                s1 += a[k] * w1[k]
+                s2 += a[k] * w2[k]
+                s3 += a[k] * w3[k]
+            Z[i, j], Z[i, j + 1] = s0 + b[j], s1 + b[j + 1]
+            Z[i, j + 2], Z[i, j + 3] = s2 + b[j + 2], s3 + b[j + 3]
+        for j in range(n4, n_out):
+            w = W[j]
+            s = zero
+            for k in range(n_in):
+                s += a[k] * w[k]
             Z[i, j] = s + b[j]
         if act == SOFTMAX:
             softmax_row(Z[i], A[i])
         else:
             for j in range(n_out):
                 A[i, j] = f(Z[i, j], act)
+
+
+_forward_1, _forward_n = _twins(_forward)
+
+
+@jit
+def forward(A_prev, W, b, Z, A, act):
+    """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z)."""
+    if A_prev.shape[0] > 1 and A_prev.shape[0] * W.size >= PARALLEL_WORK:
+        _forward_n(A_prev, W, b, Z, A, act)
+    else:
+        _forward_1(A_prev, W, b, Z, A, act)
 
 
 @jit
@@ -52,27 +111,48 @@ def hidden_error(Delta_next, W_next, Z, A, Delta, act):
     m, n = Delta.shape
     n_next = W_next.shape[0]
     for i in range(m):
-        for j in range(n):
-            Delta[i, j] = 0
+        delta = Delta[i]
+        delta[:] = 0
         for k in range(n_next):  # row i of Delta_next W_next, accumulated row by row of W_next
             d = Delta_next[i, k]
+            w = W_next[k]
             for j in range(n):
-                Delta[i, j] += d * W_next[k, j]
+                delta[j] += d * w[j]
         for j in range(n):
-            Delta[i, j] *= fprime(Z[i, j], A[i, j], act)
+            delta[j] *= fprime(Z[i, j], A[i, j], act)
+
+
+def _weight_gradient(Delta, A_prev, scale, nabla_w):
+    m, n_out = Delta.shape
+    n_in = A_prev.shape[1]
+    s = nabla_w.dtype.type(scale)
+    for j in prange(n_out):  # row j of nabla_w stays in cache while the batch's rows stream by
+        g = nabla_w[j]
+        g[:] = 0
+        m4 = m - m % 4
+        for i in range(0, m4, 4):  # four samples per pass over g
+            d0, d1, d2, d3 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j]
+            a0, a1, a2, a3 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3]
+            for k in range(n_in):
+                g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k]
+        for i in range(m4, m):
+            d, a = Delta[i, j], A_prev[i]
+            for k in range(n_in):
+                g[k] += d * a[k]
+        for k in range(n_in):
+            g[k] *= s
+
+
+_weight_gradient_1, _weight_gradient_n = _twins(_weight_gradient)
 
 
 @jit
 def weight_gradient(Delta, A_prev, scale, nabla_w):
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (a sum of outer products)."""
-    m, n_out = Delta.shape
-    n_in = A_prev.shape[1]
-    nabla_w[:, :] = 0
-    for i in range(m):
-        for j in range(n_out):
-            d = scale * Delta[i, j]
-            for k in range(n_in):
-                nabla_w[j, k] += d * A_prev[i, k]
+    if nabla_w.shape[0] > 1 and Delta.shape[0] * nabla_w.size >= PARALLEL_WORK:
+        _weight_gradient_n(Delta, A_prev, scale, nabla_w)
+    else:
+        _weight_gradient_1(Delta, A_prev, scale, nabla_w)
 
 
 @jit
@@ -93,6 +173,8 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
     v <- momentum v - lr (nabla + decay P);  P <- P + v.  With momentum = decay = 0 this is
     P <- P - lr nabla, the update of the mission statement.
     """
+    t = P.dtype.type  # keep float32 arithmetic in float32
+    lr, momentum, decay = t(lr), t(momentum), t(decay)
     for k in range(P.shape[0]):
         v = momentum * velocity[k] - lr * (nabla[k] + decay * P[k])
         velocity[k] = v
@@ -153,8 +235,14 @@ def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
     """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L, on the batch in slot 0 of Abuf."""
     for l in range(layout.shape[0]):
         W, b = weights(params, layout, l)
-        forward(slot(Abuf, units, l, cap, m), W, b, slot(Zbuf, units, l + 1, cap, m),
-                slot(Abuf, units, l + 1, cap, m), acts[l])
+        forward(
+            slot(Abuf, units, l, cap, m),
+            W,
+            b,
+            slot(Zbuf, units, l + 1, cap, m),
+            slot(Abuf, units, l + 1, cap, m),
+            acts[l],
+        )
 
 
 @jit
@@ -162,8 +250,15 @@ def backprop(params, nabla, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap,
     """Fill ``nabla`` with scale * (dC/dW, dC/db) summed over the batch; cost[0] += sum_x C_x."""
     L = layout.shape[0]
     feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
-    output_error(slot(Zbuf, units, L, cap, m), slot(Abuf, units, L, cap, m), Y,
-                 slot(Dbuf, units, L, cap, m), loss, acts[L - 1], cost)
+    output_error(
+        slot(Zbuf, units, L, cap, m),
+        slot(Abuf, units, L, cap, m),
+        Y,
+        slot(Dbuf, units, L, cap, m),
+        loss,
+        acts[L - 1],
+        cost,
+    )
     for l in range(L - 1, -1, -1):
         delta = slot(Dbuf, units, l + 1, cap, m)
         gW, gb = weights(nabla, layout, l)
@@ -171,13 +266,40 @@ def backprop(params, nabla, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap,
         bias_gradient(delta, scale, gb)
         if l > 0:  # BP2 reads W^(l+1) (here index l); nothing is updated until the batch is done
             W, _ = weights(params, layout, l)
-            hidden_error(delta, W, slot(Zbuf, units, l, cap, m), slot(Abuf, units, l, cap, m),
-                         slot(Dbuf, units, l, cap, m), acts[l - 1])
+            hidden_error(
+                delta,
+                W,
+                slot(Zbuf, units, l, cap, m),
+                slot(Abuf, units, l, cap, m),
+                slot(Dbuf, units, l, cap, m),
+                acts[l - 1],
+            )
 
 
 @jit
-def train_batches(X, Y, perm, start, stop, batch_size, params, nabla, velocity, layout, units,
-                  acts, loss, Abuf, Ybuf, Zbuf, Dbuf, lr, momentum, decay, cost):
+def train_batches(
+    X,
+    Y,
+    perm,
+    start,
+    stop,
+    batch_size,
+    params,
+    nabla,
+    velocity,
+    layout,
+    units,
+    acts,
+    loss,
+    Abuf,
+    Ybuf,
+    Zbuf,
+    Dbuf,
+    lr,
+    momentum,
+    decay,
+    cost,
+):
     """Mini-batch SGD over rows perm[start:stop], batch_size rows at a time."""
     cap = batch_size
     for s in range(start, stop, batch_size):

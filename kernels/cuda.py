@@ -42,6 +42,13 @@ from .activations import SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
 
+try:  # small-batch launches fill few blocks by design; Numba would warn on every one of them
+    from numba.cuda.core import config as _cuda_config
+
+    _cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+except ImportError:  # the simulator, or an older numba-cuda
+    pass
+
 TILE = 16  # side of a shared-memory tile and of the 2-D thread blocks
 TILE_PAD = TILE + 1  # a padded row (shapes of shared arrays must be constants, not expressions)
 ROWS = 128  # threads per block of the one-thread-per-row / per-column kernels
@@ -290,9 +297,7 @@ def forward_naive(A_prev, W, b, Z, A, act: int, stream=0) -> None:
 
 def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
     """BP1: Delta = grad_a C ⊙ f'(Z) for every row; cost[0] += sum of the rows' costs C_x."""
-    _kernels(Z.dtype).output_error[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](
-        Z, A, Y, Delta, loss, act, cost
-    )
+    _kernels(Z.dtype).output_error[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A, Y, Delta, loss, act, cost)
 
 
 def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
@@ -311,16 +316,16 @@ def hidden_error_naive(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> N
 
 def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (tiled; overwrites nabla_w)."""
-    _kernels(nabla_w.dtype).weight_gradient_tiled[
-        _grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream
-    ](Delta, A_prev, scale, nabla_w)
+    _kernels(nabla_w.dtype).weight_gradient_tiled[_grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream](
+        Delta, A_prev, scale, nabla_w
+    )
 
 
 def weight_gradient_naive(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4, one thread per output element (the reference for ``weight_gradient``)."""
-    _kernels(nabla_w.dtype).weight_gradient_naive[
-        _grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream
-    ](Delta, A_prev, scale, nabla_w)
+    _kernels(nabla_w.dtype).weight_gradient_naive[_grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream](
+        Delta, A_prev, scale, nabla_w
+    )
 
 
 def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> None:
@@ -339,9 +344,7 @@ def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, str
 
 def gather_rows(src, idx, dst, stream=0) -> None:
     """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
-    _kernels(dst.dtype).gather_rows[(dst.shape[0] * dst.shape[1] + FLAT - 1) // FLAT or 1, FLAT, stream](
-        src, idx, dst
-    )
+    _kernels(dst.dtype).gather_rows[(dst.shape[0] * dst.shape[1] + FLAT - 1) // FLAT or 1, FLAT, stream](src, idx, dst)
 
 
 def count_nonfinite(P, out, stream=0) -> None:
@@ -373,7 +376,7 @@ def kernel_signatures() -> dict[str, list[tuple]]:
             "forward_naive": (M, M, V, M, M, i64),
             "forward_tiled": (M, M, V, M, M, i64),
             "softmax_rows": (M, M),
-            "output_error": (M, M, M, M, i64, i64, V),
+            "output_error": (M, M, M, M, i64, i64, numba.float64[::1]),  # the cost sums in float64
             "hidden_error_naive": (M, M, M, M, M, i64),
             "hidden_error_tiled": (M, M, M, M, M, i64),
             "weight_gradient_naive": (M, M, numba.float64, M),

@@ -8,15 +8,19 @@ Costs (the network averages the per-sample cost C_x over the n rows):
 - CROSS_ENTROPY  C_x = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]
 - LOG_LIKELIHOOD C_x = -sum_j y_j ln a_j   (= -ln a_{y(x)} for a one-hot y)
 
+Cross-entropy takes sigmoid outputs and log-likelihood softmax outputs; the quadratic cost takes
+any output activation (``gpubp.losses`` refuses other pairs).
+
 BP1: delta^L = grad_a C ⊙ f'(z^L). Where the math cancels the result is delta^L = a - y:
-cross-entropy with sigmoid outputs and log-likelihood with softmax outputs. For softmax with
-another cost, f' is the softmax Jacobian: delta_j = a_j (g_j - sum_k g_k a_k), g = grad_a C.
+cross-entropy with sigmoid outputs and log-likelihood with softmax outputs. For the quadratic
+cost with softmax, f' is the softmax Jacobian: delta_j = a_j (g_j - sum_k g_k a_k), g = a - y.
 """
 
 import functools
 import math
 
-from .activations import SIGMOID, SOFTMAX, compile_for as _activations_for
+from .activations import SIGMOID, SOFTMAX
+from .activations import compile_for as _activations_for
 
 QUADRATIC = 0
 CROSS_ENTROPY = 1
@@ -41,7 +45,7 @@ def _make_output_error_row(fprime, softplus):
             for j in range(n):
                 d = a[j] - y[j]
                 cost += 0.5 * d * d
-        elif act == SOFTMAX:  # ln a_j = z_j - ln sum_k e^(z_k)
+        elif act == SOFTMAX:  # LOG_LIKELIHOOD: ln a_j = z_j - ln sum_k e^(z_k)
             zmax = z[0]
             for j in range(1, n):
                 zmax = max(zmax, z[j])
@@ -52,8 +56,6 @@ def _make_output_error_row(fprime, softplus):
             for j in range(n):
                 if y[j] != 0:
                     cost -= y[j] * (z[j] - log_sum)
-                if loss == CROSS_ENTROPY and y[j] != 1:
-                    cost -= (1.0 - y[j]) * math.log1p(-min(a[j], 1.0 - 1e-16))
         elif act == SIGMOID:  # CROSS_ENTROPY with sigmoid outputs
             for j in range(n):
                 cost += y[j] * softplus(-z[j]) + (1.0 - y[j]) * softplus(z[j])
@@ -64,10 +66,10 @@ def _make_output_error_row(fprime, softplus):
         if (loss == CROSS_ENTROPY and act == SIGMOID) or (loss == LOG_LIKELIHOOD and act == SOFTMAX):
             for j in range(n):
                 delta[j] = a[j] - y[j]
-        elif act == SOFTMAX:  # delta_j = a_j (g_j - sum_k g_k a_k)
+        elif act == SOFTMAX:  # QUADRATIC: delta_j = a_j (g_j - sum_k g_k a_k), g = a - y
             ga = 0.0
             for j in range(n):
-                g = a[j] - y[j] if loss == QUADRATIC else (a[j] - y[j]) / (a[j] * (1.0 - a[j]))
+                g = a[j] - y[j]
                 delta[j] = g
                 ga += g * a[j]
             for j in range(n):

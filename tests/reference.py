@@ -6,7 +6,6 @@ ACTIVATIONS = ["sigmoid", "tanh", "relu", "linear"]
 # (loss, output activation) pairs the library accepts.
 LOSS_OUTPUTS = [("quadratic", a) for a in ACTIVATIONS + ["softmax"]] + [
     ("cross_entropy", "sigmoid"),
-    ("cross_entropy", "softmax"),
     ("log_likelihood", "softmax"),
 ]
 

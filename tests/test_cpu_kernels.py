@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import reference as ref
-
 from gpubp.kernels import activations, cpu, losses
 
 SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33)]  # (m, n_in, n_out)
@@ -55,8 +54,9 @@ def test_hidden_error(rng, dtype, shape, act):
     D_next, W_next, z = rng.standard_normal((m, n_next)), rng.standard_normal((n_next, n)), rng.standard_normal((m, n))
     a = ref.f(z, act)
     delta = np.full((m, n), np.nan, dtype)
-    cpu.hidden_error(D_next.astype(dtype), W_next.astype(dtype), z.astype(dtype), a.astype(dtype), delta,
-                     activations.CODES[act])
+    cpu.hidden_error(
+        D_next.astype(dtype), W_next.astype(dtype), z.astype(dtype), a.astype(dtype), delta, activations.CODES[act]
+    )
     close(delta, (D_next @ W_next) * ref.fprime(z, act), dtype)
 
 

@@ -285,9 +285,7 @@ def test_fashion_mnist_env_var(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not FASHION.is_dir(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_real_files(monkeypatch):
     monkeypatch.delenv(data.ENV_FASHION_MNIST, raising=False)
     ds = data.load_fashion_mnist()

@@ -10,8 +10,9 @@ COMBOS = [(h, loss, out) for h in ref.ACTIVATIONS for loss, out in ref.LOSS_OUTP
 
 
 def small_net(hidden, loss, out, seed=0):
-    return gpubp.Network([4, 5, 3, 3], activation=hidden, output_activation=out, loss=loss,
-                         dtype="float64", device="cpu", seed=seed)
+    return gpubp.Network(
+        [4, 5, 3, 3], activation=hidden, output_activation=out, loss=loss, dtype="float64", device="cpu", seed=seed
+    )
 
 
 @pytest.mark.parametrize("hidden,loss,out", COMBOS)

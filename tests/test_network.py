@@ -17,8 +17,15 @@ def reference_step(net, X, Y, lr, acts):
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_step_matches_reference(rng, dtype, tol):
-    net = gpubp.Network([5, 7, 4], activation="tanh", output_activation="softmax", loss="log_likelihood",
-                        dtype=dtype, device="cpu", seed=3)
+    net = gpubp.Network(
+        [5, 7, 4],
+        activation="tanh",
+        output_activation="softmax",
+        loss="log_likelihood",
+        dtype=dtype,
+        device="cpu",
+        seed=3,
+    )
     X, labels = rng.standard_normal((9, 5)), rng.integers(0, 4, 9)
     W, b = reference_step(net, X, ref.onehot(labels, 4), 0.7, ["tanh", "softmax"])
     net.step(X, labels, lr=0.7)
@@ -43,8 +50,16 @@ def test_fit_is_minibatch_sgd(rng):
 def train_params(device, path="auto", dtype="float64", **fit):
     rng = np.random.default_rng(0)
     X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
-    net = gpubp.Network([6, 5, 3], activation="relu", output_activation="softmax", loss="log_likelihood",
-                        dtype=dtype, device=device, seed=11, path=path)
+    net = gpubp.Network(
+        [6, 5, 3],
+        activation="relu",
+        output_activation="softmax",
+        loss="log_likelihood",
+        dtype=dtype,
+        device=device,
+        seed=11,
+        path=path,
+    )
     history = net.fit(X, labels, epochs=3, batch_size=5, lr=0.3, **fit)
     return net.weights + net.biases, history
 
@@ -104,8 +119,9 @@ def test_init_statistics():
 def test_learns_xor():
     X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
     Y = np.array([0, 1, 1, 0])
-    net = gpubp.Network([2, 4, 1], activation="tanh", output_activation="sigmoid", loss="cross_entropy",
-                        device="cpu", seed=0)
+    net = gpubp.Network(
+        [2, 4, 1], activation="tanh", output_activation="sigmoid", loss="cross_entropy", device="cpu", seed=0
+    )
     net.fit(X, Y, epochs=2000, batch_size=4, lr=1.0)
     out = net.predict(X)[:, 0]
     assert net.evaluate(X, Y)["accuracy"] == 1.0
@@ -127,16 +143,25 @@ def test_learns_digits():
 def test_callback_stops_training(rng):
     net = gpubp.Network([3, 2], device="cpu")
     seen = []
-    history = net.fit(rng.standard_normal((8, 3)), rng.integers(0, 2, 8), epochs=10,
-                      callback=lambda epoch, rec: seen.append(rec["loss"]) or epoch < 3)
+    history = net.fit(
+        rng.standard_normal((8, 3)),
+        rng.integers(0, 2, 8),
+        epochs=10,
+        callback=lambda epoch, rec: seen.append(rec["loss"]) or epoch < 3,
+    )
     assert len(seen) == 3 and history["epoch"] == [1, 2, 3]
 
 
 def test_progress_reports_samples(rng):
     calls = []
     net = gpubp.Network([3, 2], device="cpu")
-    net.fit(rng.standard_normal((1000, 3)), rng.integers(0, 2, 1000), epochs=1, batch_size=7,
-            progress=lambda done, total: calls.append((done, total)))
+    net.fit(
+        rng.standard_normal((1000, 3)),
+        rng.integers(0, 2, 1000),
+        epochs=1,
+        batch_size=7,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls[-1] == (1000, 1000) and len(calls) > 10
     assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
 
@@ -178,13 +203,25 @@ def test_auto_logs_its_choice(caplog):
 
 
 def test_save_load_round_trip(tmp_path, rng):
-    net = gpubp.Network([5, 4, 3], activation="relu", output_activation="softmax", loss="log_likelihood",
-                        dtype="float64", device="cpu", seed=4)
+    net = gpubp.Network(
+        [5, 4, 3],
+        activation="relu",
+        output_activation="softmax",
+        loss="log_likelihood",
+        dtype="float64",
+        device="cpu",
+        seed=4,
+    )
     path = tmp_path / "model.npz"
     net.save(path)
     back = gpubp.Network.load(path, device="cpu")
     assert (back.sizes, back.activation, back.output_activation, back.loss, back.dtype) == (
-        net.sizes, net.activation, net.output_activation, net.loss, net.dtype)
+        net.sizes,
+        net.activation,
+        net.output_activation,
+        net.loss,
+        net.dtype,
+    )
     X = rng.standard_normal((4, 5))
     np.testing.assert_array_equal(back.predict(X), net.predict(X))
     assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
@@ -224,20 +261,23 @@ def test_load_rejects_bad_files(tmp_path):
 # -- bad input ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(sizes=[3]), ValueError, "at least two layers"),
-    (dict(sizes=[3, 0]), ValueError, "positive integer"),
-    (dict(sizes=[3, 2.5]), ValueError, "positive integer"),
-    (dict(sizes=[3, 2], activation="swish"), ValueError, "unknown activation 'swish'"),
-    (dict(sizes=[3, 2], output_activation="gelu"), ValueError, "unknown output_activation 'gelu'"),
-    (dict(sizes=[3, 2], loss="hinge"), ValueError, "unknown loss 'hinge'"),
-    (dict(sizes=[3, 2], init="xavier"), ValueError, "unknown init 'xavier'"),
-    (dict(sizes=[3, 2], dtype="float16"), ValueError, "unknown dtype"),
-    (dict(sizes=[3, 2], device="tpu"), ValueError, "unknown device 'tpu'"),
-    (dict(sizes=[3, 2, 2], activation="softmax"), ValueError, "output layer only"),
-    (dict(sizes=[3, 2], loss="log_likelihood"), ValueError, "does not fit output_activation 'sigmoid'"),
-    (dict(sizes=[3, 2], loss="cross_entropy", output_activation="relu"), ValueError, "does not fit"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(sizes=[3]), ValueError, "at least two layers"),
+        (dict(sizes=[3, 0]), ValueError, "positive integer"),
+        (dict(sizes=[3, 2.5]), ValueError, "positive integer"),
+        (dict(sizes=[3, 2], activation="swish"), ValueError, "unknown activation 'swish'"),
+        (dict(sizes=[3, 2], output_activation="gelu"), ValueError, "unknown output_activation 'gelu'"),
+        (dict(sizes=[3, 2], loss="hinge"), ValueError, "unknown loss 'hinge'"),
+        (dict(sizes=[3, 2], init="xavier"), ValueError, "unknown init 'xavier'"),
+        (dict(sizes=[3, 2], dtype="float16"), ValueError, "unknown dtype"),
+        (dict(sizes=[3, 2], device="tpu"), ValueError, "unknown device 'tpu'"),
+        (dict(sizes=[3, 2, 2], activation="softmax"), ValueError, "output layer only"),
+        (dict(sizes=[3, 2], loss="log_likelihood"), ValueError, "does not fit output_activation 'sigmoid'"),
+        (dict(sizes=[3, 2], loss="cross_entropy", output_activation="relu"), ValueError, "does not fit"),
+    ],
+)
 def test_bad_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         gpubp.Network(**kwargs)
@@ -258,32 +298,42 @@ def net():
 X_OK = np.zeros((5, 3))
 
 
-@pytest.mark.parametrize("X,Y,error,match", [
-    (np.zeros((5, 4)), np.zeros(5, int), ValueError, r"shape \(n, 3\)"),
-    (np.zeros(3), np.zeros(1, int), ValueError, r"shape \(n, 3\)"),
-    (np.zeros((0, 3)), np.zeros(0, int), ValueError, r"n >= 1"),
-    (np.array([[0, np.nan, 0]] * 5), np.zeros(5, int), ValueError, "X contains NaN or inf"),
-    (np.array([["a", "b", "c"]] * 5), np.zeros(5, int), TypeError, "real numbers"),
-    (X_OK, np.zeros(4, int), ValueError, "one row per sample"),
-    (X_OK, np.array([0, 1, 2, 0, 1]), ValueError, "label 2 at row 2 is out of range for 2 outputs"),
-    (X_OK, np.array([0, 1, -1, 0, 1]), ValueError, "label -1 at row 2 is out of range"),
-    (X_OK, np.zeros(5), TypeError, "must be integers"),
-    (X_OK, np.zeros((5, 3)), ValueError, r"targets of shape \(5, 2\)"),
-    (X_OK, np.full((5, 2), np.inf), ValueError, "Y contains NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "X,Y,error,match",
+    [
+        (np.zeros((5, 4)), np.zeros(5, int), ValueError, r"shape \(n, 3\)"),
+        (np.zeros(3), np.zeros(1, int), ValueError, r"shape \(n, 3\)"),
+        (np.zeros((0, 3)), np.zeros(0, int), ValueError, r"n >= 1"),
+        (np.array([[0, np.nan, 0]] * 5), np.zeros(5, int), ValueError, "X contains NaN or inf"),
+        (np.array([["a", "b", "c"]] * 5), np.zeros(5, int), TypeError, "real numbers"),
+        (X_OK, np.zeros(4, int), ValueError, "one row per sample"),
+        (X_OK, np.array([0, 1, 2, 0, 1]), ValueError, "label 2 at row 2 is out of range for 2 outputs"),
+        (X_OK, np.array([0, 1, -1, 0, 1]), ValueError, "label -1 at row 2 is out of range"),
+        (X_OK, np.zeros(5), TypeError, "must be integers"),
+        (X_OK, np.zeros((5, 3)), ValueError, r"targets of shape \(5, 2\)"),
+        (X_OK, np.full((5, 2), np.inf), ValueError, "Y contains NaN or inf"),
+    ],
+)
 def test_bad_data(net, X, Y, error, match):
     for call in (lambda: net.fit(X, Y, epochs=1), lambda: net.gradients(X, Y), lambda: net.evaluate(X, Y)):
         with pytest.raises(error, match=match):
             call()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=0), "lr must be positive"), (dict(lr=-1.0), "lr must be positive"),
-    (dict(lr=float("nan")), "lr must be positive"), (dict(epochs=0), "epochs must be positive"),
-    (dict(batch_size=0), "batch_size must be positive"), (dict(batch_size=2.5), "batch_size must be an integer"),
-    (dict(momentum=1.0), "momentum"), (dict(weight_decay=-1.0), "weight_decay"),
-    (dict(validation=(np.zeros((2, 3)), np.array([0, 5]))), "label 5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0), "lr must be positive"),
+        (dict(lr=-1.0), "lr must be positive"),
+        (dict(lr=float("nan")), "lr must be positive"),
+        (dict(epochs=0), "epochs must be positive"),
+        (dict(batch_size=0), "batch_size must be positive"),
+        (dict(batch_size=2.5), "batch_size must be an integer"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(validation=(np.zeros((2, 3)), np.array([0, 5]))), "label 5"),
+    ],
+)
 def test_bad_training_settings(net, kwargs, match):
     before = net.weights
     with pytest.raises((ValueError, TypeError), match=match):

@@ -1,0 +1,851 @@
+"""The ``gpubp`` command: train, evaluate, predict, trace one sample, and report the set-up.
+
+    gpubp train [--dataset fashion-mnist | --data PATH] [--hidden 30] [--epochs 30] ...
+    gpubp evaluate MODEL [--dataset ... | --data ...]
+    gpubp predict MODEL --data FILE [--out FILE]
+    gpubp trace [--sizes 2,2,2] [--weights FILE | --seed N] [--x 0.05,0.10] [--y 0.01,0.99]
+    gpubp info
+
+Exit status: 0 on success; 2 for bad options, bad or missing data, a model that does not fit
+the data, and any ValueError/TypeError the library raises (one line "gpubp: error: ..."); 1 when
+training diverges or the device cannot be used; 130 when Ctrl-C stopped training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import data as gdata
+
+PROG = "gpubp"
+TEXTBOOK_HIDDEN = [30]
+
+# The textbook worked example (Matt Mazur, "A Step by Step Backpropagation Example"): the 2-2-2
+# network `gpubp trace` shows when given neither --weights nor --seed.
+WORKED_EXAMPLE = {
+    "weights": [[[0.15, 0.20], [0.25, 0.30]], [[0.40, 0.45], [0.50, 0.55]]],
+    "biases": [[0.35, 0.35], [0.60, 0.60]],
+}
+
+
+class UsageError(Exception):
+    """An impossible combination of options: reported like argparse's own errors (exit 2)."""
+
+
+class ModelMismatch(ValueError):
+    """The model's layer sizes do not fit the data."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument types
+# ----------------------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 784,30,10, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 784,30,10, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.05,0.10, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers like 0.05,0.10, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _name(text: str) -> str:
+    """A name with '-' read as '_' (cross-entropy = cross_entropy)."""
+    return text.strip().lower().replace("-", "_")
+
+
+def _names() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    from .losses import ACTIVATIONS, LOSSES
+    from .network import DTYPES, INITS
+
+    return ACTIVATIONS, LOSSES, INITS, DTYPES
+
+
+# ----------------------------------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--dataset",
+        choices=gdata.DATASETS,
+        default=None,
+        help="a named data set (default: fashion-mnist)",
+    )
+    g.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a folder of IDX files in the MNIST layout (train-images-idx3-ubyte[.gz], ...), "
+        "or an .npz with X and y (optionally X_test, y_test)",
+    )
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="where the kernels run; auto: CUDA on a real GPU, else the CPU (default: auto)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``gpubp`` command and its subcommands."""
+    activations, losses, inits, dtypes = _names()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train multilayer perceptrons by backpropagation with Numba kernels (CUDA or CPU).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # -- train
+    p = sub.add_parser(
+        "train",
+        help="train a network (defaults: the textbook Fashion-MNIST run)",
+        description="Train a network by mini-batch SGD. The defaults reproduce the textbook run: "
+        "Fashion-MNIST (50,000 / 10,000 / 10,000), 784,30,10, sigmoid, quadratic cost, "
+        "batch 10, lr 3.0, 30 epochs.",
+    )
+    _add_data_options(p)
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--sizes", type=_int_list, help="all layer sizes, e.g. 784,30,10")
+    arch.add_argument(
+        "--hidden",
+        type=_int_list,
+        help="hidden layer sizes, e.g. 30 or 100,30; inputs and outputs come from the data (default: 30)",
+    )
+    p.add_argument("--activation", type=_name, choices=activations, help="hidden layers (default: sigmoid)")
+    p.add_argument("--output-activation", type=_name, choices=activations, help="output layer (default: --activation)")
+    p.add_argument("--loss", type=_name, choices=losses, help="the cost (default: quadratic)")
+    p.add_argument("--init", choices=inits, help="weight initialisation (default: scaled, N(0, 1/n_in))")
+    p.add_argument("--dtype", choices=dtypes, help="float32 or float64 (default: float32)")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
+    p.add_argument("--batch-size", type=_positive_int, default=10, help="default: 10")
+    p.add_argument("--lr", type=_positive_float, default=3.0, help="learning rate (default: 3.0)")
+    p.add_argument("--momentum", type=_momentum, default=0.0, help="in [0, 1) (default: 0)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
+    _add_device_option(p)
+    p.add_argument("--save", metavar="PATH", help="keep the best model by validation accuracy here (.npz)")
+    p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue training a saved model (its layers, activations, loss and dtype)",
+    )
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary at the end (to stdout)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the progress bar within each epoch (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    # -- evaluate
+    p = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test set")
+    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save`")
+    _add_data_options(p)
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
+    _add_device_option(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    # -- predict
+    p = sub.add_parser("predict", help="predicted labels of a saved model, one per line")
+    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save`")
+    p.add_argument(
+        "--data", metavar="FILE", required=True, help="rows to classify: .npy, .npz (array X) or an IDX file"
+    )
+    p.add_argument("--out", metavar="FILE", help="write the labels here (.npy if the name ends so) not stdout")
+    _add_device_option(p)
+    p.set_defaults(func=cmd_predict)
+
+    # -- trace
+    p = sub.add_parser(
+        "trace",
+        help="one forward and one backward pass on one sample, every quantity printed",
+        description="Print every quantity of one forward and one backward pass, layer by layer, like a "
+        "textbook worked example. With neither --weights nor --seed, the 2,2,2 network is Matt "
+        "Mazur's worked example (w = .15 .20 .25 .30 / .40 .45 .50 .55, b = .35 / .60).",
+    )
+    p.add_argument("--sizes", type=_int_list, default=None, help="layer sizes (default: 2,2,2)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="an .npz with w0, b0, w1, b1, ... (w{l} is layer l+1's (n_out, n_in) matrix): "
+        "a model saved by gpubp, or arrays of your own",
+    )
+    src.add_argument("--seed", type=int, help="random initial weights from this seed")
+    p.add_argument("--x", type=_float_list, default=None, help="the input (default: 0.05,0.10)")
+    p.add_argument("--y", type=_float_list, default=None, help="the target (default: 0.01,0.99)")
+    p.add_argument("--lr", type=_positive_float, default=0.5, help="learning rate of the update (default: 0.5)")
+    p.add_argument("--activation", type=_name, choices=activations, help="hidden layers (default: sigmoid)")
+    p.add_argument("--output-activation", type=_name, choices=activations, help="default: --activation")
+    p.add_argument("--loss", type=_name, choices=losses, help="the cost (default: quadratic)")
+    p.add_argument("--precision", type=_positive_int, default=8, help="digits after the point (default: 8)")
+    p.set_defaults(func=cmd_trace)
+
+    # -- info
+    p = sub.add_parser("info", help="versions, the GPU seen, and the path device='auto' takes")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gpubp")
+    except Exception:
+        try:
+            import gpubp
+
+            return str(getattr(gpubp, "__version__", "unknown"))
+        except Exception:
+            return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_data(args: argparse.Namespace) -> gdata.Dataset:
+    if args.data:
+        return gdata.load(args.data)
+    return gdata.load(args.dataset or "fashion-mnist")
+
+
+def _load_model(path: str, device: str):
+    import gpubp
+
+    if not os.path.exists(path):
+        raise gdata.DatasetNotFoundError(f"{path}: no such model file")
+    return gpubp.Network.load(path, device=device)
+
+
+def _check_fits(sizes: list[int], ds: gdata.Dataset, what: str) -> None:
+    """Refuse layer sizes whose input or output layer does not fit the data."""
+    if sizes[0] != ds.n_features:
+        raise ModelMismatch(f"{what} has {sizes[0]} inputs but {ds.name} has {ds.n_features} features")
+    if sizes[-1] < ds.n_classes:
+        raise ModelMismatch(f"{what} has {sizes[-1]} outputs but {ds.name} has {ds.n_classes} classes")
+
+
+def _labels(outputs: np.ndarray) -> np.ndarray:
+    """Class labels from output activations: the argmax, or a > 0.5 for a single output."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(outputs, axis=1).astype(np.int64)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{int(s // 60)} min {s % 60:.0f} s"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar per epoch (samples and samples/s, on stderr), fed by fit's progress(done, total)."""
+
+    def __init__(self, enabled: bool, epochs: int, total: int) -> None:
+        self.enabled, self.epochs, self.total = enabled, epochs, total
+        self.bar: Any = None
+        self.done = 0
+        self.epoch = 1
+
+    def start(self) -> None:
+        """Open the bar of the next epoch (its clock starts now)."""
+        if not self.enabled or self.bar is not None or self.epoch > self.epochs:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            desc=f"epoch {self.epoch}/{self.epochs}",
+            unit="samples",
+            unit_scale=True,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.start()
+        self.bar.total = total
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        """Close this epoch's bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.epoch += 1
+
+
+def _check_train_options(args: argparse.Namespace) -> None:
+    if args.resume:
+        given = [
+            opt
+            for opt, value in (
+                ("--sizes", args.sizes),
+                ("--hidden", args.hidden),
+                ("--activation", args.activation),
+                ("--output-activation", args.output_activation),
+                ("--loss", args.loss),
+                ("--init", args.init),
+                ("--dtype", args.dtype),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(f"--resume takes the model's own layers and settings; drop {', '.join(given)}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+    for opt, path in (("--save", args.save), ("--plot", args.plot)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"{opt} {path}: folder {Path(path).resolve().parent} does not exist")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``gpubp train``: fit a network, one line per epoch, a summary at the end."""
+    import gpubp
+
+    _check_train_options(args)
+    out: TextIO = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    t_start = time.perf_counter()
+    ds = _load_data(args)
+    if args.resume:
+        net = _load_model(args.resume, args.device)
+        _check_fits(net.sizes, ds, f"model {args.resume}")
+    else:
+        if args.sizes is not None:
+            sizes = list(args.sizes)
+            if len(sizes) < 2:
+                raise UsageError("--sizes needs at least two layers, e.g. 784,30,10")
+            _check_fits(sizes, ds, f"--sizes {','.join(map(str, sizes))}")
+        else:
+            hidden = TEXTBOOK_HIDDEN if args.hidden is None else args.hidden
+            sizes = [ds.n_features, *hidden, ds.n_classes]
+        net = gpubp.Network(
+            sizes,
+            activation=args.activation or "sigmoid",
+            output_activation=args.output_activation,
+            loss=args.loss or "quadratic",
+            init=args.init or "scaled",
+            dtype=args.dtype or "float32",
+            device=args.device,
+            seed=args.seed,
+        )
+    sizes_text = ",".join(map(str, net.sizes))
+    say(
+        f"data {ds.name}: {len(ds.y_train)} train / {len(ds.y_val)} validation / {len(ds.y_test)} test, "
+        f"{ds.n_features} features, {ds.n_classes} classes"
+    )
+    say(
+        f"network {sizes_text}: {net.activation} hidden, {net.output_activation} output, {net.loss} loss, "
+        f"{net.dtype.name} on {net.device}" + (f" (resumed from {args.resume})" if args.resume else "")
+    )
+    say(f"SGD: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}" + _extras(args))
+
+    has_val = len(ds.y_val) > 0
+    validation = (ds.X_val, ds.y_val) if has_val else None
+    best = {"epoch": None, "val_accuracy": -math.inf, "saved": None}
+    if args.resume and args.save and has_val and Path(args.save).resolve() == Path(args.resume).resolve():
+        # Overwrite the resumed model only with a better one.
+        best["val_accuracy"] = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
+        best["epoch"] = 0
+        say(f"resumed model: validation accuracy {best['val_accuracy']:.4f}")
+    show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = _Progress(show_bar, args.epochs, len(ds.y_train))
+    epochs_done: list[dict] = []
+    width = len(str(args.epochs))
+
+    def callback(epoch: int, record: dict) -> None:
+        progress.close()
+        epochs_done.append(record)
+        line = f"epoch {epoch:>{width}}/{args.epochs}  loss {record['loss']:.4f}"
+        if record.get("val_accuracy") is not None:
+            line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
+        line += f"  {record['seconds']:.2f} s"
+        improved = not has_val or record["val_accuracy"] > best["val_accuracy"]
+        if improved:
+            best["epoch"] = epoch
+            best["val_accuracy"] = record["val_accuracy"] if has_val else None
+            if args.save:
+                net.save(args.save)
+                best["saved"] = args.save
+                line += "  saved" if has_val else ""
+        say(line)
+        progress.start()
+
+    interrupted = diverged = None
+    t_fit = time.perf_counter()
+    progress.start()
+    try:
+        net.fit(
+            ds.X_train,
+            ds.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            validation=validation,
+            callback=callback,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        progress.close()
+        interrupted = True
+        say(f"interrupted during epoch {len(epochs_done) + 1}")
+    except gpubp.TrainingDiverged as e:
+        progress.close()
+        diverged = str(e)
+        print(f"{PROG}: {e}", file=sys.stderr)
+    fit_seconds = time.perf_counter() - t_fit
+
+    test = None
+    if not interrupted and not diverged and len(ds.y_test):
+        test = net.evaluate(ds.X_test, ds.y_test)
+        say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
+    if has_val and best["epoch"] is not None:
+        say(f"best epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.4f}")
+    if best["saved"]:
+        which = f"epoch {best['epoch']}" if has_val else "the last epoch"
+        say(f"model of {which} saved to {best['saved']}")
+    elif args.save and best["epoch"] == 0:
+        say(f"no epoch beat the resumed model; {args.save} is unchanged")
+    total = time.perf_counter() - t_start
+    say(f"time {_fmt_seconds(fit_seconds)} training, {_fmt_seconds(total)} in all; device {net.device}")
+
+    history = {
+        key: [r.get(key) for r in epochs_done] for key in ("epoch", "loss", "val_loss", "val_accuracy", "seconds")
+    }
+    if args.plot and epochs_done:
+        _plot(history, args.plot, title=f"{ds.name}: {sizes_text}, {net.activation}/{net.loss}")
+        say(f"plot written to {args.plot}")
+    if args.json:
+        summary = {
+            "dataset": ds.name,
+            "device": net.device,
+            "dtype": net.dtype.name,
+            "sizes": net.sizes,
+            "activation": net.activation,
+            "output_activation": net.output_activation,
+            "loss_function": net.loss,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "weight_decay": args.weight_decay,
+            "seed": None if args.resume else args.seed,
+            "resumed_from": args.resume,
+            "history": history,
+            "best_epoch": best["epoch"],
+            "best_val_accuracy": best["val_accuracy"] if has_val else None,
+            "saved": best["saved"],
+            "test_loss": test["loss"] if test else None,
+            "test_accuracy": test["accuracy"] if test else None,
+            "seconds": total,
+            "training_seconds": fit_seconds,
+            "interrupted": bool(interrupted),
+            "diverged": diverged,
+        }
+        print(json.dumps(_jsonable(summary)), flush=True)
+    if interrupted:
+        return 130
+    return 1 if diverged else 0
+
+
+def _extras(args: argparse.Namespace) -> str:
+    parts = []
+    if args.momentum:
+        parts.append(f"momentum {args.momentum:g}")
+    if args.weight_decay:
+        parts.append(f"weight decay {args.weight_decay:g}")
+    return (", " + ", ".join(parts)) if parts else ""
+
+
+def _plot(history: dict[str, list], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    epochs = history["epoch"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history["loss"], marker="o", label="training")
+    if any(v is not None for v in history["val_loss"]):
+        ax_loss.plot(epochs, history["val_loss"], marker="o", label="validation")
+        ax_acc.plot(epochs, history["val_accuracy"], marker="o", color="C1", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate, predict
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``gpubp evaluate``: loss and accuracy of a saved model on a split of a data set."""
+    ds = _load_data(args)
+    net = _load_model(args.model, args.device)
+    _check_fits(net.sizes, ds, f"model {args.model}")
+    X, y = {"test": (ds.X_test, ds.y_test), "val": (ds.X_val, ds.y_val), "train": (ds.X_train, ds.y_train)}[args.split]
+    if len(y) == 0:
+        raise gdata.DataError(f"{ds.name}: the {args.split} split is empty")
+    result = net.evaluate(X, y)
+    if args.json:
+        print(json.dumps(_jsonable({"dataset": ds.name, "split": args.split, "n": len(y), **result})))
+    else:
+        loss, accuracy = result["loss"], result["accuracy"]
+        print(f"{ds.name} {args.split}: loss {loss:.4f}  accuracy {accuracy:.4f} ({len(y)} samples)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``gpubp predict``: the predicted label of each row, one per line (or an .npy)."""
+    X = gdata.load_features(args.data)
+    net = _load_model(args.model, args.device)
+    if X.shape[1] != net.sizes[0]:
+        raise ModelMismatch(
+            f"model {args.model} has {net.sizes[0]} inputs but {args.data} has {X.shape[1]} values per row"
+        )
+    labels = _labels(np.asarray(net.predict(X)))
+    if args.out and args.out.endswith(".npy"):
+        np.save(args.out, labels)
+    elif args.out:
+        Path(args.out).write_text("".join(f"{v}\n" for v in labels.tolist()))
+    else:
+        sys.stdout.write("".join(f"{v}\n" for v in labels.tolist()))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# trace
+# ----------------------------------------------------------------------------------------------
+
+
+def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    import gpubp
+
+    if args.weights:
+        path = Path(args.weights)
+        if not path.exists():
+            raise gdata.DatasetNotFoundError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except Exception as e:
+            raise gdata.DataError(f"{path}: not a readable .npz file ({e})") from None
+        L = 0
+        while f"w{L}" in arrays and f"b{L}" in arrays:
+            L += 1
+        if L == 0:
+            raise gdata.DataError(f"{path}: expected arrays w0, b0, w1, b1, ... (has: {', '.join(sorted(arrays))})")
+        return [np.asarray(arrays[f"w{i}"], float) for i in range(L)], [
+            np.asarray(arrays[f"b{i}"], float) for i in range(L)
+        ]
+    if args.seed is None and sizes == [2, 2, 2]:
+        return [np.array(w) for w in WORKED_EXAMPLE["weights"]], [np.array(b) for b in WORKED_EXAMPLE["biases"]]
+    net = gpubp.Network(sizes, seed=0 if args.seed is None else args.seed, dtype="float64", device="cpu")
+    return net.weights, net.biases
+
+
+def _vec(v: np.ndarray, p: int) -> str:
+    return "[" + ", ".join(f"{x:.{p}f}" for x in np.ravel(v)) + "]"
+
+
+def _mat(m: np.ndarray, p: int, indent: str) -> str:
+    rows = [_vec(r, p) for r in np.atleast_2d(m)]
+    return ("\n" + indent).join(rows)
+
+
+_F_NAMES = {"sigmoid": "sigma", "tanh": "tanh", "relu": "relu", "linear": "linear", "softmax": "softmax"}
+_COSTS = {
+    "quadratic": "C = 1/2 sum_j (a_j - y_j)^2",
+    "cross_entropy": "C = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]",
+    "log_likelihood": "C = -sum_j y_j ln a_j",
+}
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """``gpubp trace``: a textbook worked example of one forward and one backward pass."""
+    import gpubp
+
+    sizes = list(args.sizes) if args.sizes is not None else [2, 2, 2]
+    if len(sizes) < 2:
+        raise UsageError("--sizes needs at least two layers, e.g. 2,2,2")
+    if args.weights and args.sizes is not None:
+        raise UsageError("--weights sets the layer sizes; drop --sizes")
+    weights, biases = _trace_params(args, sizes)
+    net = gpubp.Network.from_params(
+        weights,
+        biases,
+        activation=args.activation or "sigmoid",
+        output_activation=args.output_activation,
+        loss=args.loss or "quadratic",
+        dtype="float64",
+        device="cpu",
+    )
+    sizes = net.sizes
+    x = args.x if args.x is not None else ([0.05, 0.10] if sizes[0] == 2 else None)
+    y = args.y if args.y is not None else ([0.01, 0.99] if sizes[-1] == 2 else None)
+    if x is None or len(x) != sizes[0]:
+        raise UsageError(f"--x needs {sizes[0]} comma-separated numbers for a network with {sizes[0]} inputs")
+    if y is None or len(y) != sizes[-1]:
+        raise UsageError(f"--y needs {sizes[-1]} comma-separated numbers for a network with {sizes[-1]} outputs")
+    t = net.trace(np.array(x), np.array(y, dtype=float), lr=args.lr)
+    p = args.precision
+    L = len(sizes) - 1
+    acts = t.get("activations") or [net.activation] * (L - 1) + [net.output_activation]
+    w = print
+
+    w(
+        f"network {','.join(map(str, sizes))}: {net.activation} hidden, {net.output_activation} output, "
+        f"{net.loss} cost, lr {args.lr:g}"
+    )
+    w(f"x = a^0 = {_vec(t['x'], p)}")
+    w(f"y       = {_vec(t['y'], p)}")
+    w("")
+    w("Parameters (W^l is n_l x n_(l-1): w^l_jk joins neuron k of layer l-1 to neuron j of layer l)")
+    for i in range(1, L + 1):
+        w(f"  W^{i} = {_mat(t['weights'][i - 1], p, ' ' * (7 + len(str(i))))}")
+        w(f"  b^{i} = {_vec(t['biases'][i - 1], p)}")
+    w("")
+    w("Forward pass")
+    for i in range(1, L + 1):
+        f = _F_NAMES.get(acts[i - 1], acts[i - 1])
+        w(f"  layer {i}:")
+        w(f"    z^{i} = W^{i} a^{i - 1} + b^{i} = {_vec(t['z'][i - 1], p)}")
+        w(f"    a^{i} = {f}(z^{i}) = {_vec(t['a'][i], p)}")
+    w("")
+    w(f"Cost ({_COSTS.get(net.loss, net.loss)})")
+    w(f"  C = {t['cost']:.{p}f}")
+    w("")
+    w("Backward pass")
+    f_out = _F_NAMES.get(acts[-1], acts[-1])
+    w(f"  delta^{L} = grad_a C (.) {f_out}'(z^{L}) = {_vec(t['delta'][L - 1], p)}   (BP1)")
+    for i in range(L - 1, 0, -1):
+        f = _F_NAMES.get(acts[i - 1], acts[i - 1])
+        rule = f"((W^{i + 1})^T delta^{i + 1}) (.) {f}'(z^{i})"
+        w(f"  delta^{i} = {rule} = {_vec(t['delta'][i - 1], p)}   (BP2)")
+    for i in range(L, 0, -1):
+        ind = " " * (len(f"  dC/dW^{i} = "))
+        w(f"  dC/dW^{i} = delta^{i} (a^{i - 1})^T =   (BP4)")
+        w(f"{ind}{_mat(t['nabla_w'][i - 1], p, ind)}")
+        w(f"  dC/db^{i} = delta^{i} = {_vec(t['nabla_b'][i - 1], p)}   (BP3)")
+    w("")
+    w(f"Update: W^l <- W^l - {args.lr:g} dC/dW^l,  b^l <- b^l - {args.lr:g} dC/db^l")
+    for i in range(1, L + 1):
+        w(f"  W^{i} = {_mat(t['weights_after'][i - 1], p, ' ' * (7 + len(str(i))))}")
+        w(f"  b^{i} = {_vec(t['biases_after'][i - 1], p)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# info
+# ----------------------------------------------------------------------------------------------
+
+
+def _device_report() -> dict[str, Any]:
+    import gpubp
+
+    report = getattr(gpubp, "device_report", None)
+    if report is not None:
+        return dict(report())
+    from .backends import device_report  # pragma: no cover - the same function
+
+    return dict(device_report())
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``gpubp info``: versions, the GPU seen or why none, and the path device='auto' takes."""
+    r = _device_report()
+    r.setdefault("gpubp", _version())
+    gpu = _gpu_details() if r.get("cuda_usable") and not r.get("simulator") else None
+    if gpu:
+        r.setdefault("gpu", gpu)
+    if args.json:
+        print(json.dumps(_jsonable(r), indent=2))
+        return 0
+    cupy = r.get("cupy", "not installed")
+    if cupy == "not installed":
+        cupy = r.get("cupy-cuda12x", "not installed")
+    print(f"gpubp       {r.get('gpubp')}")
+    print(f"numba       {r.get('numba', 'not installed')}")
+    print(f"numba-cuda  {r.get('numba-cuda', 'not installed')}")
+    print(f"numpy       {r.get('numpy', 'not installed')}")
+    print(f"cupy        {cupy}")
+    print(f"python      {sys.version.split()[0]}")
+    if gpu:
+        print(f"GPU         {gpu['name']}, compute capability {gpu['compute_capability']}, {gpu['memory_gib']:.1f} GiB")
+    elif r.get("cuda_usable"):
+        print(f"GPU         {r.get('cuda')}")
+    else:
+        print(f"GPU         none: {r.get('cuda')}")
+    print(f"auto        device='auto' runs on {r.get('auto_device')}: {r.get('auto_reason')}")
+    return 0
+
+
+def _gpu_details() -> dict[str, Any] | None:
+    try:
+        from numba import cuda
+
+        gpu = cuda.get_current_device()
+        name = gpu.name.decode() if isinstance(gpu.name, bytes) else str(gpu.name)
+        free, total = cuda.current_context().get_memory_info()
+        cc = gpu.compute_capability
+        return {"name": name, "compute_capability": f"{cc[0]}.{cc[1]}", "memory_gib": total / 2**30}
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``gpubp`` command with ``argv`` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (status 2)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        try:
+            subparser.error(str(e))
+        except SystemExit as exit_:
+            return int(exit_.code or 2)
+    except (ValueError, TypeError, FileNotFoundError) as e:  # DataError is a ValueError
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. device='cuda' without a usable GPU
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gpubp predict ... | head`
+        return 0
+    except OSError as e:  # e.g. --out or --save in a folder we may not write to
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
