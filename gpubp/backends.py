@@ -134,6 +134,9 @@ def device_report() -> dict[str, Any]:
     if usable and not simulator_enabled():
         from numba import cuda
 
+        gpu = cuda.get_current_device()
+        report["gpu_name"] = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name
+        report["gpu_compute_capability"] = "{}.{}".format(*gpu.compute_capability)
         free, total = cuda.current_context().get_memory_info()
         report["gpu_memory_gib"] = round(total / 2**30, 1)
     report["auto_device"], report["auto_reason"] = auto_device()

@@ -283,12 +283,12 @@ def _load_data(args: argparse.Namespace) -> gdata.Dataset:
     return gdata.load(args.dataset or "fashion-mnist")
 
 
-def _load_model(path: str, device: str):
+def _load_model(path: str, device: str, seed: int | None = 0):
     import gpubp
 
     if not os.path.exists(path):
         raise gdata.DatasetNotFoundError(f"{path}: no such model file")
-    return gpubp.Network.load(path, device=device)
+    return gpubp.Network.load(path, device=device, seed=seed)
 
 
 def _check_fits(sizes: list[int], ds: gdata.Dataset, what: str) -> None:
@@ -412,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     ds = _load_data(args)
     if args.resume:
-        net = _load_model(args.resume, args.device)
+        net = _load_model(args.resume, args.device, args.seed)
         _check_fits(net.sizes, ds, f"model {args.resume}")
     else:
         if args.sizes is not None:
@@ -535,7 +535,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "momentum": args.momentum,
             "weight_decay": args.weight_decay,
-            "seed": None if args.resume else args.seed,
+            "seed": args.seed,
             "resumed_from": args.resume,
             "history": history,
             "best_epoch": best["epoch"],
@@ -768,9 +768,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``gpubp info``: versions, the GPU seen or why none, and the path device='auto' takes."""
     r = _device_report()
     r.setdefault("gpubp", _version())
-    gpu = _gpu_details() if r.get("cuda_usable") and not r.get("simulator") else None
-    if gpu:
-        r.setdefault("gpu", gpu)
     if args.json:
         print(json.dumps(_jsonable(r), indent=2))
         return 0
@@ -783,27 +780,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"numpy       {r.get('numpy', 'not installed')}")
     print(f"cupy        {cupy}")
     print(f"python      {sys.version.split()[0]}")
-    if gpu:
-        print(f"GPU         {gpu['name']}, compute capability {gpu['compute_capability']}, {gpu['memory_gib']:.1f} GiB")
+    if "gpu_name" in r:
+        cc, mem = r["gpu_compute_capability"], r["gpu_memory_gib"]
+        print(f"GPU         {r['gpu_name']}, compute capability {cc}, {mem} GiB")
     elif r.get("cuda_usable"):
         print(f"GPU         {r.get('cuda')}")
     else:
         print(f"GPU         none: {r.get('cuda')}")
     print(f"auto        device='auto' runs on {r.get('auto_device')}: {r.get('auto_reason')}")
     return 0
-
-
-def _gpu_details() -> dict[str, Any] | None:
-    try:
-        from numba import cuda
-
-        gpu = cuda.get_current_device()
-        name = gpu.name.decode() if isinstance(gpu.name, bytes) else str(gpu.name)
-        free, total = cuda.current_context().get_memory_info()
-        cc = gpu.compute_capability
-        return {"name": name, "compute_capability": f"{cc[0]}.{cc[1]}", "memory_gib": total / 2**30}
-    except Exception:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -485,8 +485,8 @@ class Network:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> Network:
-        """Read a model written by ``save``."""
+    def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:
+        """Read a model written by ``save``; ``seed`` fixes the shuffling of later ``fit`` calls."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such model file")
@@ -511,6 +511,7 @@ class Network:
             config["loss"],
             dtype=config["dtype"],
             device=device,
+            seed=seed,
         )
 
 
