@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
     p.add_argument("--batch-size", type=_positive_int, default=10, help="default: 10")
     p.add_argument("--lr", type=_positive_float, default=3.0, help="learning rate (default: 3.0)")
+    p.add_argument(
+        "--lr-decay", type=_positive_float, default=1.0, help="multiply lr by this after each epoch (default: 1)"
+    )
     p.add_argument("--momentum", type=_momentum, default=0.0, help="in [0, 1) (default: 0)")
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
@@ -489,6 +492,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             callback=callback,
             momentum=args.momentum,
             weight_decay=args.weight_decay,
+            lr_decay=args.lr_decay,
             progress=progress,
         )
     except KeyboardInterrupt:
@@ -535,6 +539,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "momentum": args.momentum,
             "weight_decay": args.weight_decay,
+            "lr_decay": args.lr_decay,
             "seed": args.seed,
             "resumed_from": args.resume,
             "history": history,
@@ -560,6 +565,8 @@ def _extras(args: argparse.Namespace) -> str:
         parts.append(f"momentum {args.momentum:g}")
     if args.weight_decay:
         parts.append(f"weight decay {args.weight_decay:g}")
+    if args.lr_decay != 1:
+        parts.append(f"lr decay {args.lr_decay:g}")
     return (", " + ", ".join(parts)) if parts else ""
 
 

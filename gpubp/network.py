@@ -40,7 +40,7 @@ class TrainingDiverged(ArithmeticError):
 
 
 class History(dict):
-    """Per-epoch records of ``fit``: lists under "epoch", "loss", "val_loss", "val_accuracy", "seconds".
+    """Per-epoch records of ``fit``: lists under "epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds".
 
     "loss" is the training cost averaged over the epoch's mini-batches, each measured by the
     forward pass that trained on it (before that batch's update).
@@ -309,6 +309,7 @@ class Network:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         progress: Callable[[int, int], Any] | None = None,
+        lr_decay: float = 1.0,
     ) -> History:
         """Train by mini-batch SGD and return the per-epoch ``History``.
 
@@ -317,7 +318,8 @@ class Network:
         the batch. With ``momentum`` mu and ``weight_decay`` lambda (L2, weights only):
         ``v <- mu v - lr (dC/dW + lambda W); W <- W + v``. ``callback(epoch, record)`` runs after
         each epoch and stops training by returning False; ``progress(done, total)`` is told the
-        samples done a few dozen times an epoch. If the cost or a parameter becomes NaN or inf,
+        samples done a few dozen times an epoch. ``lr_decay`` multiplies the learning rate after
+        every epoch (epoch e trains with lr * lr_decay**(e-1)). If the cost or a parameter becomes NaN or inf,
         training stops with ``TrainingDiverged`` and the network keeps the parameters it had at the
         end of the last finite epoch.
         """
@@ -328,6 +330,8 @@ class Network:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if not (weight_decay >= 0 and math.isfinite(weight_decay)):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not (0 < lr_decay <= 1):
+            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
         Xd = self._inputs(X)
         n = Xd.shape[0]
         Yd = self._targets(Y, n)
@@ -339,24 +343,25 @@ class Network:
             val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
 
         batch_size = min(int(batch_size), n)
-        history = History(epoch=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
+        history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
         s = self._schedule
         for epoch in range(1, int(epochs) + 1):
             t0 = time.perf_counter()
             order = self._rng.permutation(n) if shuffle else np.arange(n)
             s.save_snapshot()
             s.reset_cost()
-            s.train_epoch(Xd, Yd, order, batch_size, float(lr), float(momentum), float(weight_decay), progress)
+            epoch_lr = float(lr) * float(lr_decay) ** (epoch - 1)
+            s.train_epoch(Xd, Yd, order, batch_size, epoch_lr, float(momentum), float(weight_decay), progress)
             loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
             if not math.isfinite(loss) or s.nonfinite_params():
                 s.restore_snapshot()
                 raise TrainingDiverged(
                     f"training diverged in epoch {epoch}: the cost or a parameter became NaN or inf "
-                    f"with lr={lr}; the network keeps its parameters from "
+                    f"with lr={epoch_lr:g}; the network keeps its parameters from "
                     f"{'the end of epoch ' + str(epoch - 1) if epoch > 1 else 'before training'}. "
                     f"Try a smaller learning rate."
                 )
-            record = {"epoch": epoch, "loss": loss, "val_loss": None, "val_accuracy": None}
+            record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val)
             record["seconds"] = time.perf_counter() - t0

@@ -349,3 +349,19 @@ def test_targets_must_fit_the_loss():
     net = gpubp.Network([3, 2], output_activation="softmax", loss="log_likelihood", device="cpu")
     with pytest.raises(ValueError, match="sum to 1"):
         net.gradients(X_OK, np.full((5, 2), 0.2))
+
+
+def test_lr_decay_scales_each_epoch(rng):
+    """Epoch e with lr * decay**(e-1) equals a fresh fit at that learning rate, epoch by epoch."""
+    X, labels = rng.standard_normal((12, 3)), rng.integers(0, 2, 12)
+    kw = dict(device="cpu", dtype="float64", seed=9)
+    net = gpubp.Network([3, 4, 2], **kw)
+    history = net.fit(X, labels, epochs=3, batch_size=4, lr=0.8, lr_decay=0.5, shuffle=False)
+    assert history["lr"] == [0.8, 0.4, 0.2]
+    stepwise = gpubp.Network([3, 4, 2], **kw)
+    for lr in (0.8, 0.4, 0.2):
+        stepwise.fit(X, labels, epochs=1, batch_size=4, lr=lr, shuffle=False)
+    for a, b in zip(net.weights, stepwise.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(ValueError, match="lr_decay"):
+        net.fit(X, labels, lr_decay=1.5)
