@@ -1,0 +1,147 @@
+"""python -m benchmarks --set quick|full [--only e2e|kernels] [--device cpu|cuda|auto]
+
+Prints a markdown report and writes it, with a JSON record and a PNG chart, under
+benchmarks/results/<machine>_<date>_<set>.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import end_to_end, kernels_bench, report
+from .common import (
+    RESULTS,
+    cpu_snapshot,
+    load_data,
+    machine_info,
+    machine_slug,
+    others_busy,
+    today,
+    versions,
+)
+
+DEFAULT_REPEATS = {"quick": 2, "full": 5}
+KERNEL_REPEATS = {"quick": 5, "full": 20}
+KERNEL_BUDGET_S = {"quick": 0.5, "full": 3.0}
+
+
+def numba_threading_layer() -> str | None:
+    """The threading layer Numba's parallel kernels ran on in this process (None if none ran)."""
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except (ImportError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--set",
+        choices=["quick", "full"],
+        default="quick",
+        dest="which",
+        help="quick: 2 configs and 3 kernel shapes, a few minutes on 2 cores; full: everything",
+    )
+    ap.add_argument("--only", choices=["e2e", "kernels"], help="run only one part")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default="auto",
+        help="where gpubp and torch run (auto: the CPU, plus CUDA when a GPU is present)",
+    )
+    ap.add_argument("--repeats", type=int, help="timed epochs per peer (default: quick 2, full 5)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        choices=list(end_to_end.CONFIGS),
+        help="run only this end-to-end config (repeatable)",
+    )
+    ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads for torch-cpu (default: all cores)")
+    ap.add_argument("--no-startup", action="store_true", help="skip the JIT / start-up measurement")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    devices = end_to_end.devices_for(args.device)
+    info = machine_info()
+    record = {
+        "set": args.which,
+        "date": today(),
+        "machine": info,
+        "versions": versions(),
+        "devices": devices,
+        "e2e": [],
+        "startup": [],
+        "kernels": [],
+        "notes": [],
+    }
+    print(
+        f"# gpubp benchmarks, set {args.which}, devices {devices}, on {info['cpu']} "
+        f"({info['cpu_threads']} threads), GPU: {info['gpu'] or 'none'}"
+    )
+
+    if args.only in (None, "e2e"):
+        ok, why = end_to_end.peers_gpubp.available()
+        if not ok:
+            record["notes"].append(f"end-to-end skipped: {why}")
+        else:
+            data = load_data()
+            record["data"] = data.source
+            if data.synthetic:
+                record["notes"].append(
+                    "end-to-end data is SYNTHETIC (Fashion-MNIST not found): "
+                    "timings are valid, accuracies are chance level"
+                )
+            print(f"data: {data.source}, X {data.X.shape}")
+            repeats = args.repeats or DEFAULT_REPEATS[args.which]
+            for name in args.config or end_to_end.SETS[args.which]:
+                r = end_to_end.run_config(end_to_end.CONFIGS[name], data, devices, repeats, args.torch_threads)
+                record["e2e"].append(r)
+                record["notes"] += r["notes"]
+            if not args.no_startup:
+                for dev in devices:
+                    print(f"  start-up and JIT compile times, {dev} (two fresh processes)")
+                    st = end_to_end.startup_times(dev)
+                    record["startup"].append(st)
+                    for key in ("warning", "error"):
+                        if key in st:
+                            record["notes"].append(f"start-up ({dev}): {st[key]}")
+
+    if args.only in (None, "kernels"):
+        shapes = kernels_bench.shapes_for(args.which)
+        if "cpu" in devices:
+            print("kernels, CPU (gpubp @njit vs numpy):")
+            before = cpu_snapshot()
+            record["kernels"] += kernels_bench.bench_cpu(
+                shapes, KERNEL_REPEATS[args.which], KERNEL_BUDGET_S[args.which]
+            )
+            busy = others_busy(before, cpu_snapshot())
+            record["kernels_others_busy"] = busy
+            if busy > end_to_end.BUSY_WARNING:
+                record["notes"].append(f"CPU kernels: other processes kept {busy:.0%} of the machine busy")
+        if "cuda" in devices:
+            print("kernels, CUDA (gpubp vs CuPy):")
+            rows, notes = kernels_bench.bench_cuda(shapes, KERNEL_REPEATS[args.which])
+            record["kernels"] += rows
+            record["notes"] += notes
+        else:
+            why = "--device cpu" if args.device == "cpu" else "no CUDA GPU here"
+            record["notes"].append(f"CUDA kernels and the CuPy peer skipped: {why}")
+
+    record["versions"]["numba_threading_layer"] = numba_threading_layer()
+    record["notes"] = list(dict.fromkeys(record["notes"]))  # drop repeats, keep order
+    record["wall_s"] = time.perf_counter() - t_start
+    stem = f"{machine_slug(info)}_{record['date']}_{args.which}" + (f"_{args.only}" if args.only else "")
+    paths = report.write(record, args.out, stem)
+    print()
+    print(report.markdown(record))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
