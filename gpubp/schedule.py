@@ -6,14 +6,15 @@ For each mini-batch (Nielsen's ``update_mini_batch``):
   3. BP1:                    delta^L = grad_a C ⊙ f'(z^L);
   4. backward, l = L..1:     BP4/BP3 gradients of layer l, then BP2 delta^(l-1) from W^l;
   5. update every layer:     W <- W - (eta/m) sum_x delta (a^(l-1))^T,  b <- b - (eta/m) sum_x delta.
-No parameter changes before step 5, so BP2 always reads the W^(l+1) that made the forward pass.
+BP2 always reads the W^(l+1) that made the forward pass: the "layers" path updates after the
+backward pass; the "epoch" path updates each layer right after BP2 has read its weights.
 
 Two paths run this order:
 - ``"layers"``: this module's Python loop launches one kernel per operation per layer. It runs
   on either backend and is the path on CUDA: parameters, activations and the training data stay
   on the device for the whole fit; only the epoch's shuffled order is sent, once per epoch.
 - ``"epoch"`` (CPU only): the same loop compiled with @njit (``kernels.cpu.train_batches``), so
-  a whole epoch runs without returning to Python.
+  a whole epoch runs without returning to Python, with each layer's BP3/BP4 and update fused.
 """
 
 from __future__ import annotations

@@ -22,30 +22,26 @@ CODES = {"sigmoid": SIGMOID, "tanh": TANH, "relu": RELU, "linear": LINEAR, "soft
 NAMES = {code: name for name, code in CODES.items()}
 
 
-def f(z, act):
-    """a = f(z) for one element."""
-    if act == SIGMOID:
-        # sigma(z) = 1 / (1 + e^-z), written so that e^x never overflows.
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
+def f(z, act, one):
+    """a = f(z) for one element; ``one`` is 1 in the arrays' precision, so float32 stays float32."""
+    if act == SIGMOID:  # sigma(z) = 1 / (1 + e^-z); for z << 0, e^-z = inf gives exactly 0
+        return one / (one + math.exp(-z))
     if act == TANH:
         return math.tanh(z)
     if act == RELU:
-        return z if z > 0 else 0.0 * z
+        return one - one if z <= 0 else z  # NaN stays NaN
     return z  # LINEAR
 
 
-def fprime(z, a, act):
+def fprime(z, a, act, one):
     """f'(z) for one element, from z and a = f(z) (whichever is cheaper)."""
     if act == SIGMOID:
-        return a * (1.0 - a)  # sigma' = sigma (1 - sigma)
+        return a * (one - a)  # sigma' = sigma (1 - sigma)
     if act == TANH:
-        return 1.0 - a * a
+        return one - a * a
     if act == RELU:
-        return 1.0 if z > 0 else 0.0
-    return 1.0  # LINEAR
+        return one if z > 0 else one - one
+    return one  # LINEAR
 
 
 def softmax_row(z, a):

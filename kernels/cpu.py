@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .activations import SOFTMAX
 from .activations import compile_for as _activations_for
@@ -44,56 +44,63 @@ output_error_row = _losses_for("cpu")
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
-# Products of at least this many multiply-adds run on all cores (numba.prange); smaller ones
-# run on one, where starting the threads would cost more than they save.
-PARALLEL_WORK = 1 << 20
+# Batches of at least this many rows do their matrix products with BLAS (np.dot, multi-threaded);
+# smaller ones with the register-blocked loops below, which beat a BLAS call at that size
+# (benchmarks/NOTES.md has the measurements).
+BLAS_ROWS = 32
 
 
-def _twins(py_func):
-    """Compile a kernel body twice: on one core, and with its prange loop spread over all cores."""
-    return jit(py_func), njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)(py_func)
-
-
-def _forward(A_prev, W, b, Z, A, act):
+@jit
+def weighted_input(A_prev, W, b, Z):
+    """Z = A_prev W^T + b with loops blocked 2 rows x 4 outputs: eight sums share six loads."""
     m, n_in = A_prev.shape
     n_out = W.shape[0]
+    n4 = n_out - n_out % 4
     zero = Z.dtype.type(0)
-    for i in prange(m):
-        a = A_prev[i]
-        n4 = n_out - n_out % 4
-        for j in range(0, n4, 4):  # four outputs at a time share each load of a[k]
+    for i in range(0, m, 2):
+        a, c = A_prev[i], A_prev[min(i + 1, m - 1)]  # an odd last row is done twice
+        for j in range(0, n4, 4):
             w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
-            s0 = s1 = s2 = s3 = zero
+            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
             for k in range(n_in):
                 s0 += a[k] * w0[k]
                 s1 += a[k] * w1[k]
                 s2 += a[k] * w2[k]
                 s3 += a[k] * w3[k]
-            Z[i, j], Z[i, j + 1] = s0 + b[j], s1 + b[j + 1]
-            Z[i, j + 2], Z[i, j + 3] = s2 + b[j + 2], s3 + b[j + 3]
+                t0 += c[k] * w0[k]
+                t1 += c[k] * w1[k]
+                t2 += c[k] * w2[k]
+                t3 += c[k] * w3[k]
+            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s0 + b[j], s1 + b[j + 1], s2 + b[j + 2], s3 + b[j + 3]
+            if i + 1 < m:
+                Z[i + 1, j], Z[i + 1, j + 1] = t0 + b[j], t1 + b[j + 1]
+                Z[i + 1, j + 2], Z[i + 1, j + 3] = t2 + b[j + 2], t3 + b[j + 3]
         for j in range(n4, n_out):
             w = W[j]
-            s = zero
+            s = t = zero
             for k in range(n_in):
                 s += a[k] * w[k]
+                t += c[k] * w[k]
             Z[i, j] = s + b[j]
-        if act == SOFTMAX:
-            softmax_row(Z[i], A[i])
-        else:
-            for j in range(n_out):
-                A[i, j] = f(Z[i, j], act)
-
-
-_forward_1, _forward_n = _twins(_forward)
+            if i + 1 < m:
+                Z[i + 1, j] = t + b[j]
 
 
 @jit
 def forward(A_prev, W, b, Z, A, act):
     """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z)."""
-    if A_prev.shape[0] > 1 and A_prev.shape[0] * W.size >= PARALLEL_WORK:
-        _forward_n(A_prev, W, b, Z, A, act)
+    if A_prev.shape[0] >= BLAS_ROWS:
+        np.dot(A_prev, W.T, Z)
+        Z += b
     else:
-        _forward_1(A_prev, W, b, Z, A, act)
+        weighted_input(A_prev, W, b, Z)
+    one = Z.dtype.type(1)
+    for i in range(Z.shape[0]):
+        if act == SOFTMAX:
+            softmax_row(Z[i], A[i])
+        else:
+            for j in range(Z.shape[1]):
+                A[i, j] = f(Z[i, j], act, one)
 
 
 @jit
@@ -109,50 +116,48 @@ def output_error(Z, A, Y, Delta, loss, act, cost):
 def hidden_error(Delta_next, W_next, Z, A, Delta, act):
     """BP2: Delta = (Delta_next W_next) ⊙ f'(Z), the Hadamard product fused with the product."""
     m, n = Delta.shape
-    n_next = W_next.shape[0]
+    if m >= BLAS_ROWS:
+        np.dot(Delta_next, W_next, Delta)
+    else:
+        for i in range(m):  # row i of Delta_next W_next, accumulated row by row of W_next
+            delta = Delta[i]
+            delta[:] = 0
+            for k in range(W_next.shape[0]):
+                d, w = Delta_next[i, k], W_next[k]
+                for j in range(n):
+                    delta[j] += d * w[j]
+    one = Delta.dtype.type(1)
     for i in range(m):
-        delta = Delta[i]
-        delta[:] = 0
-        for k in range(n_next):  # row i of Delta_next W_next, accumulated row by row of W_next
-            d = Delta_next[i, k]
-            w = W_next[k]
-            for j in range(n):
-                delta[j] += d * w[j]
         for j in range(n):
-            delta[j] *= fprime(Z[i, j], A[i, j], act)
+            Delta[i, j] *= fprime(Z[i, j], A[i, j], act, one)
 
 
-def _weight_gradient(Delta, A_prev, scale, nabla_w):
-    m, n_out = Delta.shape
-    n_in = A_prev.shape[1]
-    s = nabla_w.dtype.type(scale)
-    for j in prange(n_out):  # row j of nabla_w stays in cache while the batch's rows stream by
-        g = nabla_w[j]
-        g[:] = 0
-        m4 = m - m % 4
-        for i in range(0, m4, 4):  # four samples per pass over g
-            d0, d1, d2, d3 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j]
-            a0, a1, a2, a3 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3]
-            for k in range(n_in):
-                g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k]
-        for i in range(m4, m):
-            d, a = Delta[i, j], A_prev[i]
-            for k in range(n_in):
-                g[k] += d * a[k]
-        for k in range(n_in):
-            g[k] *= s
-
-
-_weight_gradient_1, _weight_gradient_n = _twins(_weight_gradient)
+@jit
+def weight_gradient_row(Delta, A_prev, j, g):
+    """g = sum_x Delta[x, j] A_prev[x]: row j of Delta^T A_prev, four samples per pass over g."""
+    m = Delta.shape[0]
+    m4 = m - m % 4
+    g[:] = 0
+    for i in range(0, m4, 4):
+        d0, d1, d2, d3 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j]
+        a0, a1, a2, a3 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3]
+        for k in range(g.shape[0]):
+            g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k]
+    for i in range(m4, m):
+        d, a = Delta[i, j], A_prev[i]
+        for k in range(g.shape[0]):
+            g[k] += d * a[k]
 
 
 @jit
 def weight_gradient(Delta, A_prev, scale, nabla_w):
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (a sum of outer products)."""
-    if nabla_w.shape[0] > 1 and Delta.shape[0] * nabla_w.size >= PARALLEL_WORK:
-        _weight_gradient_n(Delta, A_prev, scale, nabla_w)
+    if Delta.shape[0] >= BLAS_ROWS:
+        np.dot(Delta.T, A_prev, nabla_w)
     else:
-        _weight_gradient_1(Delta, A_prev, scale, nabla_w)
+        for j in range(nabla_w.shape[0]):
+            weight_gradient_row(Delta, A_prev, j, nabla_w[j])
+    nabla_w *= nabla_w.dtype.type(scale)
 
 
 @jit
@@ -175,10 +180,35 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
     """
     t = P.dtype.type  # keep float32 arithmetic in float32
     lr, momentum, decay = t(lr), t(momentum), t(decay)
+    if momentum == 0 and decay == 0:  # plain SGD: the velocity is just this step
+        for k in range(P.shape[0]):
+            velocity[k] = -lr * nabla[k]
+            P[k] += velocity[k]
+        return
     for k in range(P.shape[0]):
         v = momentum * velocity[k] - lr * (nabla[k] + decay * P[k])
         velocity[k] = v
         P[k] += v
+
+
+@jit
+def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay):
+    """BP3, BP4 and the SGD step of one layer, fused: each row of nabla_w is used while in cache.
+
+    The same result as weight_gradient, bias_gradient and sgd_update in turn.
+    """
+    if Delta.shape[0] >= BLAS_ROWS:
+        weight_gradient(Delta, A_prev, scale, nabla_w)
+        sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
+    else:
+        s = nabla_w.dtype.type(scale)
+        for j in range(W.shape[0]):
+            g = nabla_w[j]
+            weight_gradient_row(Delta, A_prev, j, g)
+            g *= s
+            sgd_update(W[j], g, vel_w[j], lr, momentum, decay)
+    bias_gradient(Delta, scale, nabla_b)
+    sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,29 +307,33 @@ def backprop(params, nabla, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap,
 
 
 @jit
-def train_batches(
-    X,
-    Y,
-    perm,
-    start,
-    stop,
-    batch_size,
-    params,
-    nabla,
-    velocity,
-    layout,
-    units,
-    acts,
-    loss,
-    Abuf,
-    Ybuf,
-    Zbuf,
-    Dbuf,
-    lr,
-    momentum,
-    decay,
-    cost,
+def sgd_step(
+    params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, lr, momentum, decay, cost
 ):
+    """One mini-batch of SGD: forward, BP1, then down the layers BP2 and the fused update of each.
+
+    Layer l's BP2 reads W^(l+1) just before sgd_layer changes it, so every BP2 sees the weights
+    that made the forward pass.
+    """
+    L = layout.shape[0]
+    feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
+    D, Z, A = slot(Dbuf, units, L, cap, m), slot(Zbuf, units, L, cap, m), slot(Abuf, units, L, cap, m)
+    output_error(Z, A, Y, D, loss, acts[L - 1], cost)
+    for l in range(L - 1, -1, -1):
+        delta, A_prev = slot(Dbuf, units, l + 1, cap, m), slot(Abuf, units, l, cap, m)
+        W, b = weights(params, layout, l)
+        if l > 0:
+            hidden_error(delta, W, slot(Zbuf, units, l, cap, m), A_prev, slot(Dbuf, units, l, cap, m), acts[l - 1])
+        gW, gb = weights(nabla, layout, l)
+        vW, vb = weights(velocity, layout, l)
+        sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, 1.0 / m, momentum, decay)
+
+
+@jit
+def train_batches(
+    X, Y, perm, start, stop, batch_size, params, nabla, velocity, layout, units, acts, loss, Abuf, Ybuf, Zbuf, Dbuf,
+    lr, momentum, decay, cost,
+):  # fmt: skip
     """Mini-batch SGD over rows perm[start:stop], batch_size rows at a time."""
     cap = batch_size
     for s in range(start, stop, batch_size):
@@ -308,13 +342,6 @@ def train_batches(
         gather_rows(X, perm[s:e], slot(Abuf, units, 0, cap, m))
         Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
         gather_rows(Y, perm[s:e], Yb)
-        backprop(params, nabla, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m, cost)
-        update(params, nabla, velocity, layout, lr, momentum, decay)
-
-
-@jit
-def update(params, nabla, velocity, layout, lr, momentum, decay):
-    """SGD on all layers: the weights (stored first) with weight decay, the biases without."""
-    nw = layout[0, 1]  # the biases start where the weights end
-    sgd_update(params[:nw], nabla[:nw], velocity[:nw], lr, momentum, decay)
-    sgd_update(params[nw:], nabla[nw:], velocity[nw:], lr, momentum, 0.0)
+        sgd_step(
+            params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, lr, momentum, decay, cost
+        )

@@ -76,7 +76,7 @@ def _build(T):
             z = acc + b[j]
             Z[i, j] = z
             if act != SOFTMAX:
-                A[i, j] = f(z, act)
+                A[i, j] = f(z, act, T(1))
 
     @cuda.jit
     def forward_tiled(A_prev, W, b, Z, A, act):
@@ -105,7 +105,7 @@ def _build(T):
             z = acc + b[j]
             Z[i, j] = z
             if act != SOFTMAX:
-                A[i, j] = f(z, act)
+                A[i, j] = f(z, act, T(1))
 
     @cuda.jit
     def softmax_rows(Z, A):
@@ -134,7 +134,7 @@ def _build(T):
             acc = T(0)
             for k in range(W_next.shape[0]):
                 acc += Delta_next[i, k] * W_next[k, j]
-            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act)
+            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act, T(1))
 
     @cuda.jit
     def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act):
@@ -158,7 +158,7 @@ def _build(T):
                 acc += sD[ty, kk] * sW[kk, tx]
             cuda.syncthreads()
         if i < m and j < n:
-            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act)
+            Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act, T(1))
 
     # ---- BP4: nabla_w = scale * Delta^T A_prev ----------------------------------------------
 

@@ -76,7 +76,7 @@ def _make_output_error_row(fprime, softplus):
                 delta[j] = a[j] * (delta[j] - ga)
         else:  # QUADRATIC with an elementwise activation: (a - y) ⊙ f'(z)
             for j in range(n):
-                delta[j] = (a[j] - y[j]) * fprime(z[j], a[j], act)
+                delta[j] = (a[j] - y[j]) * fprime(z[j], a[j], act, z.dtype.type(1))
         return cost
 
     return output_error_row
