@@ -234,11 +234,10 @@ class Network:
                 raise TypeError(f"{name} is {X.dtype} on the GPU but the network is {self.dtype}; convert it first")
             if not X.is_c_contiguous():
                 raise ValueError(f"{name} on the GPU must be C-contiguous")
-            if self._schedule.k is not None:
-                count = self._backend.zeros(1, np.int64)
-                self._schedule.k.count_nonfinite(X.reshape(X.size), count)
-                if int(count.copy_to_host()[0]):
-                    raise ValueError(f"{name} contains NaN or inf")
+            count = self._backend.zeros(1, np.int64)  # checked on the GPU: only the count comes back
+            self._schedule.k.count_nonfinite(X.reshape(X.size), count)
+            if int(count.copy_to_host()[0]):
+                raise ValueError(f"{name} contains NaN or inf")
             return X
         X = np.asarray(X)
         self._check_shape(name, X.shape, X.ndim)

@@ -365,3 +365,35 @@ def test_lr_decay_scales_each_epoch(rng):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     with pytest.raises(ValueError, match="lr_decay"):
         net.fit(X, labels, lr_decay=1.5)
+
+
+@pytest.mark.cuda
+def test_gpu_arrays_are_used_in_place(rng):
+    """X already on the GPU (a Numba device array, or CuPy if installed) trains like host X."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        pytest.skip("the CUDA simulator has no __cuda_array_interface__; runs on a real GPU")
+    X, labels = rng.standard_normal((23, 6)).astype(np.float32), rng.integers(0, 3, 23)
+    host = gpubp.Network([6, 5, 3], device="cuda", seed=1)
+    host.fit(X, labels, epochs=2, batch_size=5)
+    inputs = [cuda.to_device(X)]
+    try:
+        import cupy
+
+        inputs.append(cupy.asarray(X))
+    except ImportError:
+        pass
+    for X_gpu in inputs:
+        net = gpubp.Network([6, 5, 3], device="cuda", seed=1)
+        net.fit(X_gpu, labels, epochs=2, batch_size=5)
+        np.testing.assert_allclose(net.weights[0], host.weights[0], rtol=1e-6)
+        np.testing.assert_allclose(net.predict(X_gpu), host.predict(X), rtol=1e-6)
+    with pytest.raises(TypeError, match="float64 on the GPU"):
+        gpubp.Network([6, 5, 3], device="cuda").fit(cuda.to_device(X.astype(np.float64)), labels)
+    with pytest.raises(TypeError, match="GPU array but this network runs on the CPU"):
+        gpubp.Network([6, 5, 3], device="cpu").fit(cuda.to_device(X), labels)
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        gpubp.Network([6, 5, 3], device="cuda").fit(cuda.to_device(bad), labels)
