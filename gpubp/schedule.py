@@ -191,34 +191,35 @@ class Schedule:
         self.backend.copy(Y, v.Y)
         self.backprop_layers(v, 1.0 / n)
 
+    def feedforward_rows(self, X: Any, s: int, e: int, cap: int) -> Views:
+        """Forward pass of rows s:e of X (at most ``cap`` of them) through every layer."""
+        v = self.views(cap, e - s)
+        self.backend.copy(X[s:e], v.A[0])
+        for l in range(self.L):
+            self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+        return v
+
     def evaluate(self, X: Any, Y: Any, cap: int = 1024) -> tuple[float, int]:
         """(sum over rows of the cost C_x, number of rows whose argmax matches Y's)."""
-        self.backend.copy(np.zeros(1, np.float64), self.cost)
+        self.reset_cost()
         self.backend.copy(np.zeros(1, np.int64), self.count)
         n, L = X.shape[0], self.L
         cap = min(cap, n)
         for s in range(0, n, cap):
             e = min(s + cap, n)
-            v = self.views(cap, e - s)
-            self.backend.copy(X[s:e], v.A[0])
-            for l in range(L):
-                self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+            v = self.feedforward_rows(X, s, e, cap)
             self.k.output_error(v.Z[L], v.A[L], Y[s:e], v.D[L], self.loss, self.acts_list[L - 1], self.cost)
             self.k.count_correct(v.A[L], Y[s:e], self.count)
-        return float(self.backend.to_host(self.cost)[0]), int(self.backend.to_host(self.count)[0])
+        return self.read_cost(), int(self.backend.to_host(self.count)[0])
 
     def predict(self, X: Any, cap: int = 1024) -> np.ndarray:
         """a^L for every row of X, as a numpy array."""
-        n, L = X.shape[0], self.L
+        n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), self.dtype)
-        cap = max(1, min(cap, n))
+        cap = min(cap, n)
         for s in range(0, n, cap):
             e = min(s + cap, n)
-            v = self.views(cap, e - s)
-            self.backend.copy(X[s:e], v.A[0])
-            for l in range(L):
-                self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
-            out[s:e] = self.backend.to_host(v.A[L])
+            out[s:e] = self.backend.to_host(self.feedforward_rows(X, s, e, cap).A[self.L])
         return out
 
     # -- state ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as ref
 from gpubp.kernels import activations, losses
 from gpubp.kernels import cuda as kc
 from numba import cuda
@@ -65,19 +66,6 @@ def check(got, ref, mag, dtype):
 # ---- numpy references ------------------------------------------------------------------------
 
 
-def f_ref(z, act):
-    if act == "sigmoid":
-        return 1 / (1 + np.exp(-z))
-    if act == "tanh":
-        return np.tanh(z)
-    if act == "relu":
-        return np.maximum(z, 0)
-    if act == "linear":
-        return z.copy()
-    e = np.exp(z - z.max(axis=1, keepdims=True))  # softmax over each row
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def fprime_ref(z, a, act):
     if act == "sigmoid":
         return a * (1 - a)
@@ -93,7 +81,7 @@ def output_error_ref(z, a, y, loss, act):
     if loss == "quadratic":
         cost = 0.5 * np.sum((a - y) ** 2)
     else:  # from the exact a = f(z): the kernel takes ln a from z, not from the rounded a
-        a_exact = f_ref(z, act)
+        a_exact = ref.f(z, act)
         cost = -np.sum(y * np.log(a_exact))
         if loss == "cross_entropy":
             cost -= np.sum((1 - y) * np.log1p(-a_exact))
@@ -136,7 +124,7 @@ def test_forward(shape, act, version, dtype, rng):
     mag = np.abs(x) @ np.abs(w).T + np.abs(b)
     check(Z.copy_to_host(), z, mag, dtype)
     # |f'| <= 1 for the elementwise f; a softmax output moves by at most 2 max_k |dz_k|.
-    check(A.copy_to_host(), f_ref(z, act), 2 * mag.max(axis=1, keepdims=True), dtype)
+    check(A.copy_to_host(), ref.f(z, act), 2 * mag.max(axis=1, keepdims=True), dtype)
 
 
 # ---- BP1 -------------------------------------------------------------------------------------
@@ -168,7 +156,7 @@ def targets(rng, m, n, act):
 def test_output_error(shape, loss, act, dtype, rng):
     m, n = shape
     Zh = normal(rng, (m, n), dtype)
-    Ah = f_ref(f64(Zh), act).astype(dtype)
+    Ah = ref.f(f64(Zh), act).astype(dtype)
     Yh = targets(rng, m, n, act).astype(dtype)
     Delta = poisoned((m, n), dtype)
     cost = cuda.to_device(np.array([0.25], dtype))  # the kernel adds to it
@@ -195,7 +183,7 @@ HIDDEN_CASES = [((3, 17, 5), act) for act in ELEMENTWISE] + [
 def test_hidden_error(shape, act, version, dtype, rng):
     m, n_next, n = shape
     Dn, Wn, Zh = normal(rng, (m, n_next), dtype), normal(rng, (n_next, n), dtype), normal(rng, (m, n), dtype)
-    Ah = f_ref(f64(Zh), act).astype(dtype)
+    Ah = ref.f(f64(Zh), act).astype(dtype)
     Delta = poisoned((m, n), dtype)
     HIDDEN[version](*(cuda.to_device(v) for v in (Dn, Wn, Zh, Ah)), Delta, ACT[act])
 
@@ -355,7 +343,7 @@ def test_training_step_on_views(dtype, rng):
     w1, c1, w2, c2 = views(p, p_shapes, p_off)
     x, y = f64(data_x)[idx], f64(data_y)[idx]
     a1 = 1 / (1 + np.exp(-(x @ w1.T + c1)))
-    a2 = f_ref(a1 @ w2.T + c2, "softmax")
+    a2 = ref.f(a1 @ w2.T + c2, "softmax")
     d2 = a2 - y
     d1 = (d2 @ w2) * a1 * (1 - a1)
     nabla = np.zeros(p_len)
