@@ -67,7 +67,9 @@ class Network:
     output layer, ``loss`` the cost C. ``init="scaled"`` draws W from N(0, 1/n_in) and b from
     N(0, 1); ``"standard"`` draws both from N(0, 1). ``device`` is "auto" (CUDA on a real GPU,
     else the CPU kernels), "cuda" or "cpu". ``seed`` fixes the initial parameters and the
-    shuffling: the same seed gives the same result on the CPU.
+    shuffling: the same seed gives the same result on the CPU. ``path`` chooses how an epoch's
+    kernels are run ("auto", "layers" or "epoch"; see ``gpubp.schedule``): every path computes
+    the same function.
     """
 
     def __init__(
@@ -193,7 +195,7 @@ class Network:
 
     @property
     def path(self) -> str:
-        """The schedule's path: "epoch" (a whole epoch in one @njit call, CPU) or "layers"."""
+        """ "epoch" (a whole epoch per call), "layers" (launches per layer) or "auto" (by batch size on CUDA)."""
         return self._schedule.path
 
     @property

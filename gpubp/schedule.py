@@ -9,12 +9,16 @@ For each mini-batch (Nielsen's ``update_mini_batch``):
 BP2 always reads the W^(l+1) that made the forward pass: the "layers" path updates after the
 backward pass; the "epoch" path updates each layer right after BP2 has read its weights.
 
-Two paths run this order:
-- ``"layers"``: this module's Python loop launches one kernel per operation per layer. It runs
-  on either backend and is the path on CUDA: parameters, activations and the training data stay
-  on the device for the whole fit; only the epoch's shuffled order is sent, once per epoch.
-- ``"epoch"`` (CPU only): the same loop compiled with @njit (``kernels.cpu.train_batches``), so
-  a whole epoch runs without returning to Python, with each layer's BP3/BP4 and update fused.
+Two paths run this order; on either, parameters, activations and the training data stay on the
+device for the whole fit, and only the epoch's shuffled order is sent, once per epoch:
+- ``"layers"``: this module's Python loop launches one kernel per operation per layer (about a
+  dozen launches per mini-batch for two layers). The reference, and the path for large layers.
+- ``"epoch"``: the whole loop in one call of ``kernels.<backend>.train_batches``: on the CPU one
+  @njit function, with each layer's BP3/BP4 and update fused; on CUDA one kernel launch that runs
+  every mini-batch in a single thread block (``train_fused``), which pays no launch per batch
+  but uses one multiprocessor: for small networks, whose batches cannot fill a GPU anyway.
+``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
+multiply-adds per layer pass, else "layers". That bound is a first guess, not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from .backends import Backend
 
 PATHS = ("auto", "layers", "epoch")
+FUSED_WORK = 1 << 24  # CUDA "auto": batch_size * (number of weights) up to this runs fused
 
 
 @dataclass
@@ -48,10 +53,8 @@ class Schedule:
     ) -> None:
         if path not in PATHS:
             raise ValueError(f"unknown path {path!r}; choose one of {', '.join(map(repr, PATHS))}")
-        if path == "auto":
-            path = "epoch" if backend.name == "cpu" else "layers"
-        if path == "epoch" and backend.name != "cpu":
-            raise ValueError("path='epoch' runs on the CPU only; use path='layers' on CUDA")
+        if path == "auto" and backend.name == "cpu":
+            path = "epoch"
         self.backend, self.k, self.path = backend, backend.kernels, path
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
@@ -65,6 +68,8 @@ class Schedule:
         self.n_weights = int(w_off[-1])
         self.layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64)
         self.units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        # The same three tables where the epoch kernels read them.
+        self.tables = tuple(backend.to_device(t) for t in (self.layout, self.units, self.acts))
 
         self.params = backend.to_device(params)
         self.nabla = backend.zeros(params.shape, self.dtype)
@@ -129,6 +134,12 @@ class Schedule:
         self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
 
     # -- what the network asks for --------------------------------------------------------------
+    def path_for(self, batch_size: int) -> str:
+        """The path an epoch with this batch size takes."""
+        if self.path != "auto":
+            return self.path
+        return "epoch" if batch_size * self.n_weights <= FUSED_WORK else "layers"
+
     def train_epoch(
         self,
         X: Any,
@@ -147,8 +158,9 @@ class Schedule:
         chunk = max(batch_size, -(-n // 50 // batch_size) * batch_size) if progress else n
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            if self.path == "epoch":
+            if self.path_for(batch_size) == "epoch":
                 A, Z, D, Yb = self.buffers(batch_size)
+                layout, units, acts = self.tables
                 self.k.train_batches(
                     X,
                     Y,
@@ -159,9 +171,9 @@ class Schedule:
                     self.params,
                     self.nabla,
                     self.velocity,
-                    self.layout,
-                    self.units,
-                    self.acts,
+                    layout,
+                    units,
+                    acts,
                     self.loss,
                     A,
                     Yb,

@@ -54,6 +54,7 @@ TILE_PAD = TILE + 1  # a padded row (shapes of shared arrays must be constants, 
 ROWS = 128  # threads per block of the one-thread-per-row / per-column kernels
 FLAT = 256  # threads per block of the elementwise kernels
 NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
+FUSED_THREADS = 512  # the one block of train_batches
 
 f, fprime, softmax_row = _activations_for("cuda")
 output_error_row = _losses_for("cuda")
@@ -259,6 +260,87 @@ def _build(T):
             if a_best == y_best:
                 cuda.atomic.add(correct, 0, 1)
 
+    # ---- a whole epoch in one launch: the fused path ----------------------------------------
+
+    @cuda.jit
+    def train_fused(X, Y, perm, start, stop, cap, params, velocity, layout, units, acts, loss, Abuf, Zbuf, Dbuf,
+                    lr, momentum, decay, cost):  # fmt: skip
+        """Mini-batch SGD over rows perm[start:stop] in ONE thread block: for each batch, forward,
+        BP1, then down the layers BP2 and BP3/BP4 with the update, separated by __syncthreads.
+
+        Buffers and parameters are the flat arrays of ``kernels.cpu``'s drivers (same layout).
+        One launch per epoch instead of about a dozen per mini-batch: meant for small networks,
+        whose mini-batches are too small to fill a GPU anyway.
+        """
+        t, nt = cuda.threadIdx.x, cuda.blockDim.x
+        L = layout.shape[0]
+        one = T(1)
+        lr_, mom, dec = T(lr), T(momentum), T(decay)
+        for s in range(start, stop, cap):
+            m = min(cap, stop - s)
+            scale = one / T(m)
+            n0 = units[1]
+            for e in range(t, m * n0, nt):  # the shuffled batch into slot 0
+                i = e // n0
+                Abuf[e] = X[perm[s + i], e - i * n0]
+            cuda.syncthreads()
+            for l in range(L):  # forward: z = W a + b, a = f(z)
+                w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+                a_in, out = cap * units[l], cap * units[l + 1]
+                for e in range(t, m * n_out, nt):
+                    i = e // n_out
+                    j = e - i * n_out
+                    acc = params[b_off + j]
+                    for k in range(n_in):
+                        acc += Abuf[a_in + i * n_in + k] * params[w_off + j * n_in + k]
+                    Zbuf[out + e] = acc
+                    if acts[l] != SOFTMAX:
+                        Abuf[out + e] = f(acc, acts[l], one)
+                cuda.syncthreads()
+                if acts[l] == SOFTMAX:
+                    for i in range(t, m, nt):
+                        r = out + i * n_out
+                        softmax_row(Zbuf[r : r + n_out], Abuf[r : r + n_out])
+                    cuda.syncthreads()
+            n_L, o_L = layout[L - 1, 2], cap * units[L]
+            for i in range(t, m, nt):  # BP1, one thread per row
+                r = o_L + i * n_L
+                c = output_error_row(Zbuf[r : r + n_L], Abuf[r : r + n_L], Y[perm[s + i]], Dbuf[r : r + n_L], loss,
+                                     acts[L - 1])  # fmt: skip
+                cuda.atomic.add(cost, 0, c)
+            cuda.syncthreads()
+            for l in range(L - 1, -1, -1):
+                w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+                d, a_in = cap * units[l + 1], cap * units[l]
+                if l > 0:  # BP2: delta^(l-1) from W^l, read before W^l is updated below
+                    for e in range(t, m * n_in, nt):
+                        i = e // n_in
+                        j = e - i * n_in
+                        acc = T(0)
+                        for k in range(n_out):
+                            acc += Dbuf[d + i * n_out + k] * params[w_off + k * n_in + j]
+                        Dbuf[a_in + e] = acc * fprime(Zbuf[a_in + e], Abuf[a_in + e], acts[l - 1], one)
+                    cuda.syncthreads()
+                for e in range(t, n_out * n_in, nt):  # BP4 and the update of W^l, one weight per step
+                    j = e // n_in
+                    k = e - j * n_in
+                    g = T(0)
+                    for i in range(m):
+                        g += Dbuf[d + i * n_out + j] * Abuf[a_in + i * n_in + k]
+                    p = w_off + e
+                    v = mom * velocity[p] - lr_ * (scale * g + dec * params[p])
+                    velocity[p] = v
+                    params[p] += v
+                for j in range(t, n_out, nt):  # BP3 and the update of b^l
+                    g = T(0)
+                    for i in range(m):
+                        g += Dbuf[d + i * n_out + j]
+                    p = b_off + j
+                    v = mom * velocity[p] - lr_ * scale * g
+                    velocity[p] = v
+                    params[p] += v
+            cuda.syncthreads()  # the next batch overwrites the buffers this one read
+
     return SimpleNamespace(**{name: obj for name, obj in locals().items() if name != "T"})
 
 
@@ -361,6 +443,15 @@ def count_correct(A, Y, correct, stream=0) -> None:
 # ---- every kernel with an example signature, for compiling to PTX without a GPU ----------------
 
 
+def train_batches(X, Y, perm, start: int, stop: int, batch_size: int, params, nabla, velocity, layout, units, acts,
+                  loss: int, Abuf, Ybuf, Zbuf, Dbuf, lr: float, momentum: float, decay: float, cost,
+                  stream=0) -> None:  # fmt: skip
+    """Mini-batch SGD over rows perm[start:stop] in one launch (the contract of kernels.cpu.train_batches)."""
+    k = _kernels(params.dtype)
+    k.train_fused[1, FUSED_THREADS, stream](X, Y, perm, start, stop, batch_size, params, velocity, layout, units, acts,
+                                            loss, Abuf, Zbuf, Dbuf, lr, momentum, decay, cost)  # fmt: skip
+
+
 def kernel_signatures() -> dict[str, list[tuple]]:
     """name -> [(kernel dispatcher, signature), ...] for float32 and float64, as the launchers call them.
 
@@ -386,6 +477,9 @@ def kernel_signatures() -> dict[str, list[tuple]]:
             "gather_rows": (M, i64[::1], M),
             "count_nonfinite": (V, i64[::1]),
             "count_correct": (M, M, i64[::1]),
+            "train_fused": (M, M, i64[::1], i64, i64, i64, V, V, i64[:, ::1], i64[::1], i64[::1], i64, V, V, V)
+            + (numba.float64,) * 3
+            + (numba.float64[::1],),
         }
         for name, sig in sigs.items():
             out.setdefault(name, []).append((getattr(k, name), sig))

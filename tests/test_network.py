@@ -73,10 +73,16 @@ def test_layers_path_equals_epoch_path():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("path", ["layers", "epoch"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_cuda_path_agrees_with_cpu(dtype, tol):
-    a, ha = train_params("cpu", dtype=dtype, momentum=0.5)
-    b, hb = train_params("cuda", dtype=dtype, momentum=0.5)
+def test_cuda_paths_agree_with_cpu(dtype, tol, path, monkeypatch):
+    from gpubp.kernels import cuda as kc
+    from numba import config
+
+    if config.ENABLE_CUDASIM:  # one Python thread per CUDA thread: fewer, and not a multiple of a warp
+        monkeypatch.setattr(kc, "FUSED_THREADS", 37)
+    a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01)
+    b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
