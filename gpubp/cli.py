@@ -100,6 +100,13 @@ def _momentum(text: str) -> float:
     return value
 
 
+def _lr_decay(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -186,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
     p.add_argument("--batch-size", type=_positive_int, default=10, help="default: 10")
     p.add_argument("--lr", type=_positive_float, default=3.0, help="learning rate (default: 3.0)")
-    p.add_argument(
-        "--lr-decay", type=_positive_float, default=1.0, help="multiply lr by this after each epoch (default: 1)"
-    )
+    p.add_argument("--lr-decay", type=_lr_decay, default=1.0, help="multiply lr by this after each epoch (default: 1)")
     p.add_argument("--momentum", type=_momentum, default=0.0, help="in [0, 1) (default: 0)")
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
@@ -445,7 +450,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"network {sizes_text}: {net.activation} hidden, {net.output_activation} output, {net.loss} loss, "
         f"{net.dtype.name} on {net.device}" + (f" (resumed from {args.resume})" if args.resume else "")
     )
-    say(f"SGD: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}" + _extras(args))
+    say(
+        f"SGD: {args.epochs} epoch{'s' if args.epochs != 1 else ''}, batch {args.batch_size}, lr {args.lr}"
+        + _extras(args)
+    )
 
     has_val = len(ds.y_val) > 0
     validation = (ds.X_val, ds.y_val) if has_val else None
@@ -638,7 +646,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """(weights, biases, the saved model's settings if --weights is a gpubp model)."""
     import gpubp
 
     if args.weights:
@@ -655,13 +664,17 @@ def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.n
             L += 1
         if L == 0:
             raise gdata.DataError(f"{path}: expected arrays w0, b0, w1, b1, ... (has: {', '.join(sorted(arrays))})")
-        return [np.asarray(arrays[f"w{i}"], float) for i in range(L)], [
-            np.asarray(arrays[f"b{i}"], float) for i in range(L)
-        ]
+        try:
+            config = json.loads(str(arrays["config"])) if "config" in arrays else {}
+        except ValueError:
+            config = {}
+        weights = [np.asarray(arrays[f"w{i}"], float) for i in range(L)]
+        return weights, [np.asarray(arrays[f"b{i}"], float) for i in range(L)], config
     if args.seed is None and sizes == [2, 2, 2]:
-        return [np.array(w) for w in WORKED_EXAMPLE["weights"]], [np.array(b) for b in WORKED_EXAMPLE["biases"]]
+        weights = [np.array(w) for w in WORKED_EXAMPLE["weights"]]
+        return weights, [np.array(b) for b in WORKED_EXAMPLE["biases"]], {}
     net = gpubp.Network(sizes, seed=0 if args.seed is None else args.seed, dtype="float64", device="cpu")
-    return net.weights, net.biases
+    return net.weights, net.biases, {}
 
 
 def _vec(v: np.ndarray, p: int) -> str:
@@ -690,13 +703,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError("--sizes needs at least two layers, e.g. 2,2,2")
     if args.weights and args.sizes is not None:
         raise UsageError("--weights sets the layer sizes; drop --sizes")
-    weights, biases = _trace_params(args, sizes)
+    weights, biases, saved = _trace_params(args, sizes)
     net = gpubp.Network.from_params(
         weights,
         biases,
-        activation=args.activation or "sigmoid",
-        output_activation=args.output_activation,
-        loss=args.loss or "quadratic",
+        activation=args.activation or saved.get("activation", "sigmoid"),
+        output_activation=args.output_activation or saved.get("output_activation"),
+        loss=args.loss or saved.get("loss", "quadratic"),
         dtype="float64",
         device="cpu",
     )

@@ -42,8 +42,12 @@ class TrainingDiverged(ArithmeticError):
 class History(dict):
     """Per-epoch records of ``fit``: lists under "epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds".
 
-    "loss" is the training cost averaged over the epoch's mini-batches, each measured by the
-    forward pass that trained on it (before that batch's update).
+    "loss" is the training cost C averaged over the epoch's samples, each sample's C_x measured by
+    the forward pass that trained on it (before its batch's update). The first epoch's "seconds"
+    include compiling the kernels, the first time a process uses them.
+
+    The momentum state persists across ``fit`` calls on one network, like an optimizer's; it is
+    not saved by ``save``.
     """
 
 
@@ -155,6 +159,8 @@ class Network:
         rng: np.random.Generator,
     ) -> None:
         self.activation, self.output_activation, self.loss = resolve(activation, output_activation, loss)
+        if self.output_activation == "softmax" and sizes[-1] < 2:
+            raise ValueError("softmax over a single output is always 1: use two outputs, or a sigmoid output")
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
@@ -327,6 +333,13 @@ class Network:
         _check_positive("epochs", epochs, integer=True)
         _check_positive("batch_size", batch_size, integer=True)
         _check_positive("lr", lr, integer=False)
+        _check_positive("lr_decay", lr_decay, integer=False)
+        for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        for name, fn in (("callback", callback), ("progress", progress)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
         if not (0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if not (weight_decay >= 0 and math.isfinite(weight_decay)):
@@ -356,10 +369,10 @@ class Network:
             loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
             if not math.isfinite(loss) or s.nonfinite_params():
                 s.restore_snapshot()
+                since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
                 raise TrainingDiverged(
                     f"training diverged in epoch {epoch}: the cost or a parameter became NaN or inf "
-                    f"with lr={epoch_lr:g}; the network keeps its parameters from "
-                    f"{'the end of epoch ' + str(epoch - 1) if epoch > 1 else 'before training'}. "
+                    f"with lr={epoch_lr:g}; the network keeps its parameters from {since}. "
                     f"Try a smaller learning rate."
                 )
             record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
@@ -374,14 +387,20 @@ class Network:
         return history
 
     def step(self, X: Any, Y: Any, lr: float) -> None:
-        """One SGD step on one mini-batch: W <- W - lr * dC/dW, b <- b - lr * dC/db."""
+        """One SGD step on one mini-batch: W <- W - lr * dC/dW, b <- b - lr * dC/db.
+
+        Raises ``TrainingDiverged`` and leaves the network as it was if a parameter became NaN or inf.
+        """
         _check_positive("lr", lr, integer=False)
         Xd = self._inputs(X)
         Yd = self._targets(Y, Xd.shape[0])
         s = self._schedule
+        s.save_snapshot()
         s.gradients(Xd, Yd)
         s.update_layers(float(lr), 0.0, 0.0)
-        s.backend.synchronize()
+        if s.nonfinite_params():
+            s.restore_snapshot()
+            raise TrainingDiverged(f"the step with lr={lr:g} made a parameter NaN or inf; the network is unchanged")
 
     def gradients(self, X: Any, Y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(dC/dW, dC/db) for each layer, for the cost averaged over the rows of X."""
@@ -425,7 +444,10 @@ class Network:
         f64 = Network.from_params(
             self.weights, self.biases, self.activation, self.output_activation, self.loss, dtype="float64", device="cpu"
         )
-        x = np.asarray(x, dtype=float).reshape(1, -1)
+        x = np.asarray(x, dtype=float)
+        if x.ndim != 1:
+            raise ValueError(f"x must be one sample: a vector of {self.sizes[0]} inputs, got shape {x.shape}")
+        x = x.reshape(1, -1)
         X = f64._inputs(x, "x")
         Y = f64._targets(np.atleast_1d(np.asarray(y)).reshape(1, -1) if np.ndim(y) else np.array([y]), 1, "y")
         W, b, L = f64.weights, f64.biases, len(self.sizes) - 1
@@ -479,12 +501,17 @@ class Network:
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
         folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
         fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
                 fh.flush()
                 os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -494,30 +521,35 @@ class Network:
     def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:
         """Read a model written by ``save``; ``seed`` fixes the shuffling of later ``fit`` calls."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such model file")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: not a file")
         try:
             with np.load(path, allow_pickle=False) as data:
-                marked = isinstance(data, np.lib.npyio.NpzFile) and "format" in data.files
-                if not marked or str(data["format"]) != FORMAT:
+                if str(data["format"]) != FORMAT:
                     raise KeyError(f"no '{FORMAT}' marker")
                 config = json.loads(str(data["config"]))
                 L = len(config["sizes"]) - 1
                 weights = [data[f"w{l}"] for l in range(L)]
                 biases = [data[f"b{l}"] for l in range(L)]
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
+            names = [config[k] for k in ("activation", "output_activation", "loss", "dtype")]
+            if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
+                raise ValueError(f"the weights do not match sizes {config['sizes']}")
+        except (
+            zipfile.BadZipFile,
+            EOFError,
+            OSError,
+            KeyError,
+            ValueError,
+            IndexError,
+            TypeError,
+            AttributeError,
+        ) as e:
             raise ValueError(f"{path}: not a gpubp model, or truncated or corrupt ({e})") from None
-        if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
-            raise ValueError(f"{path}: corrupt model: the weights do not match sizes {config['sizes']}")
+        activation, output_activation, loss, dtype = names
         return cls.from_params(
-            weights,
-            biases,
-            config["activation"],
-            config["output_activation"],
-            config["loss"],
-            dtype=config["dtype"],
-            device=device,
-            seed=seed,
+            weights, biases, activation, output_activation, loss, dtype=dtype, device=device, seed=seed
         )
 
 

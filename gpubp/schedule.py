@@ -76,7 +76,7 @@ class Schedule:
         self.velocity = backend.zeros(params.shape, self.dtype)
         self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits
         self.count = backend.zeros(1, np.int64)
-        self._snapshot = backend.empty(params.shape, self.dtype)
+        self._snapshot = (backend.empty(params.shape, self.dtype), backend.empty(params.shape, self.dtype))
         self.W, self.b = self._layer_views(self.params)
         self.gW, self.gb = self._layer_views(self.nabla)
         self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
@@ -248,10 +248,13 @@ class Schedule:
         return int(self.backend.to_host(self.count)[0])
 
     def save_snapshot(self) -> None:
-        self.backend.copy(self.params, self._snapshot)
+        """Keep the parameters and the momentum state, to go back to if training diverges."""
+        self.backend.copy(self.params, self._snapshot[0])
+        self.backend.copy(self.velocity, self._snapshot[1])
 
     def restore_snapshot(self) -> None:
-        self.backend.copy(self._snapshot, self.params)
+        self.backend.copy(self._snapshot[0], self.params)
+        self.backend.copy(self._snapshot[1], self.velocity)
 
     def host_params(self) -> np.ndarray:
         return self.backend.to_host(self.params)

@@ -371,3 +371,13 @@ def test_plot_without_matplotlib(capsys, idx_folder, tmp_path, monkeypatch):
 def test_save_into_missing_folder(capsys, idx_folder, tmp_path):
     code, out, err = run(capsys, "train", "--data", idx_folder, "--save", tmp_path / "no" / "m.npz", *CPU)
     assert_usage_error(code, err, "--save", "does not exist")
+
+
+def test_trace_uses_a_saved_models_settings(capsys, tmp_path):
+    model = tmp_path / "relu.npz"
+    gpubp.Network([3, 4, 2], activation="relu", output_activation="softmax", loss="log_likelihood", device="cpu").save(
+        model
+    )
+    code, out, err = run(capsys, "trace", "--weights", model, "--x", "1,2,3", "--y", "0,1")
+    assert code == 0, err
+    assert "relu hidden, softmax output, log_likelihood cost" in out

@@ -403,3 +403,54 @@ def test_gpu_arrays_are_used_in_place(rng):
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         gpubp.Network([6, 5, 3], device="cuda").fit(cuda.to_device(bad), labels)
+
+
+def test_training_recovers_after_divergence(rng):
+    """The momentum state is restored with the parameters, so a smaller lr then trains normally."""
+    X, Y = rng.uniform(0, 1, (60, 4)), rng.uniform(0, 100, (60, 2))
+    net = gpubp.Network([4, 8, 2], activation="linear", device="cpu", seed=0)
+    with pytest.raises(gpubp.TrainingDiverged):
+        net.fit(X, Y, epochs=3, lr=10.0, momentum=0.9)
+    history = net.fit(X, Y / 100, epochs=2, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    assert all(np.isfinite(history["loss"]))
+    assert all(np.isfinite(w).all() for w in net.weights)
+
+
+def test_step_that_diverges_changes_nothing(rng):
+    X, Y = rng.uniform(0, 1, (5, 4)), rng.uniform(0, 1, (5, 2))
+    net = gpubp.Network([4, 3, 2], activation="linear", device="cpu", dtype="float32", seed=0)
+    before = net.weights
+    with pytest.raises(gpubp.TrainingDiverged, match="unchanged"):
+        net.step(X * 1e30, Y * 1e30, lr=1e30)
+    for a, b in zip(net.weights, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_softmax_needs_two_outputs():
+    with pytest.raises(ValueError, match="single output"):
+        gpubp.Network([4, 1], output_activation="softmax", loss="log_likelihood")
+
+
+def test_load_rejects_arrays_directories_and_malformed_models(tmp_path):
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="not a gpubp model"):
+        gpubp.Network.load(tmp_path / "array.npy")
+    with pytest.raises(ValueError, match="not a file"):
+        gpubp.Network.load(tmp_path)
+    for config in ('{"sizes": [4]}', "[1, 2]", '{"sizes": [2, 1], "loss": "quadratic"}'):
+        path = tmp_path / "bad.npz"
+        np.savez(path, format=np.array("gpubp-model-1"), config=np.array(config), w0=np.zeros((1, 2)), b0=np.zeros(1))
+        with pytest.raises(ValueError, match="not a gpubp model"):
+            gpubp.Network.load(path)
+
+
+def test_saved_model_is_readable_by_others(tmp_path):
+    path = tmp_path / "model.npz"
+    old = os.umask(0o022)
+    try:
+        gpubp.Network([2, 2], device="cpu").save(path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gpubp.Network([2, 2], device="cpu").save(tmp_path / "missing" / "model.npz")
