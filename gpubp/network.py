@@ -23,6 +23,7 @@ import numpy as np
 
 from . import backends
 from .kernels import activations as act_codes
+from .kernels import cpu as cpu_kernels
 from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
 from .losses import resolve
@@ -252,9 +253,10 @@ class Network:
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
-        bad = ~np.isfinite(X)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
+        count = np.zeros(1, np.int64)
+        cpu_kernels.count_nonfinite(X.reshape(-1), count)  # one pass, no temporary array
+        if count[0]:
+            row = int(np.argwhere(~np.isfinite(X))[0][0])
             raise ValueError(f"{name} contains NaN or inf (first in row {row})")
         return self._backend.to_device(X)
 
@@ -438,8 +440,7 @@ class Network:
         "delta" per layer, "nabla_w", "nabla_b", and the parameters after one SGD step with
         ``lr``: "weights_after", "biases_after". Computed by the CPU kernels.
         """
-        from .kernels import cpu as k
-
+        k = cpu_kernels
         _check_positive("lr", lr, integer=False)
         f64 = Network.from_params(
             self.weights, self.biases, self.activation, self.output_activation, self.loss, dtype="float64", device="cpu"
