@@ -15,5 +15,6 @@ the driver (``gpubp``) checks shapes and dtypes once, at the API edge.
 
 ``cpu`` holds the @njit versions, ``cuda`` the @cuda.jit versions with host-side launchers of
 the same names. Both also have ``train_batches``: a whole epoch of mini-batch SGD in one call
-(on the CPU one @njit function; on CUDA one kernel in one thread block, for small networks). ``activations`` and ``losses`` hold the scalar and per-row formulas both share.
+(on the CPU one @njit function; on CUDA one kernel in one thread block, for small networks).
+``activations`` and ``losses`` hold the scalar and per-row formulas both share.
 """
