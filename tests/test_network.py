@@ -454,3 +454,16 @@ def test_saved_model_is_readable_by_others(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
     with pytest.raises(FileNotFoundError, match="does not exist"):
         gpubp.Network([2, 2], device="cpu").save(tmp_path / "missing" / "model.npz")
+
+
+@pytest.mark.cuda
+def test_auto_path_fuses_small_networks_on_cuda():
+    from gpubp.schedule import FUSED_WORK
+
+    small = gpubp.Network([784, 30, 10], device="cuda")
+    assert small.path == "auto" and small._schedule.path_for(10) == "epoch"
+    big = gpubp.Network([784, 1024, 1024, 10], device="cuda")
+    assert 1024 * big._schedule.n_weights > FUSED_WORK and big._schedule.path_for(1024) == "layers"
+    assert gpubp.Network([4, 3], device="cpu").path == "epoch"
+    with pytest.raises(ValueError, match="unknown path 'fast'"):
+        gpubp.Network([4, 3], device="cpu", path="fast")
