@@ -276,37 +276,6 @@ def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
 
 
 @jit
-def backprop(params, nabla, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, scale, cost):
-    """Fill ``nabla`` with scale * (dC/dW, dC/db) summed over the batch; cost[0] += sum_x C_x."""
-    L = layout.shape[0]
-    feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
-    output_error(
-        slot(Zbuf, units, L, cap, m),
-        slot(Abuf, units, L, cap, m),
-        Y,
-        slot(Dbuf, units, L, cap, m),
-        loss,
-        acts[L - 1],
-        cost,
-    )
-    for l in range(L - 1, -1, -1):
-        delta = slot(Dbuf, units, l + 1, cap, m)
-        gW, gb = weights(nabla, layout, l)
-        weight_gradient(delta, slot(Abuf, units, l, cap, m), scale, gW)
-        bias_gradient(delta, scale, gb)
-        if l > 0:  # BP2 reads W^(l+1) (here index l); nothing is updated until the batch is done
-            W, _ = weights(params, layout, l)
-            hidden_error(
-                delta,
-                W,
-                slot(Zbuf, units, l, cap, m),
-                slot(Abuf, units, l, cap, m),
-                slot(Dbuf, units, l, cap, m),
-                acts[l - 1],
-            )
-
-
-@jit
 def sgd_step(
     params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, lr, momentum, decay, cost
 ):
