@@ -359,6 +359,7 @@ class Network:
             val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
 
         batch_size = min(int(batch_size), n)
+        self._schedule.path_for(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
         history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
         s = self._schedule
         for epoch in range(1, int(epochs) + 1):

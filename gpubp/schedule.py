@@ -15,10 +15,11 @@ device for the whole fit, and only the epoch's shuffled order is sent, once per 
   dozen launches per mini-batch for two layers). The reference, and the path for large layers.
 - ``"epoch"``: the whole loop in one call of ``kernels.<backend>.train_batches``: on the CPU one
   @njit function, with each layer's BP3/BP4 and update fused; on CUDA one kernel launch that runs
-  every mini-batch in a single thread block (``train_fused``), which pays no launch per batch
+  every mini-batch in a single thread block (``train_fused_v2``), which pays no launch per batch
   but uses one multiprocessor: for small networks, whose batches cannot fill a GPU anyway.
 ``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
-multiply-adds per layer pass, else "layers". That bound is a first guess, not yet measured on a GPU.
+multiply-adds per layer pass and its layers fit the kernel's shared buffer
+(``kernels.cuda.fused_fits``), else "layers". That bound is a first guess, not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -135,10 +136,21 @@ class Schedule:
 
     # -- what the network asks for --------------------------------------------------------------
     def path_for(self, batch_size: int) -> str:
-        """The path an epoch with this batch size takes."""
-        if self.path != "auto":
-            return self.path
-        return "epoch" if batch_size * self.n_weights <= FUSED_WORK else "layers"
+        """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
+        cannot run it)."""
+        if self.path == "layers":
+            return "layers"
+        fits = getattr(self.k, "fused_fits", None)
+        fits = fits is None or fits(batch_size, self.sizes)
+        if self.path == "epoch":
+            if not fits:
+                raise ValueError(
+                    f"path='epoch' cannot train layers of {self.sizes} with batches of {batch_size} on "
+                    f"{self.backend.name}: a batch plus twice a layer's width must be under "
+                    f"{self.k.FUSED_SHARED} (the fused kernel's shared buffer); use path='layers' or 'auto'"
+                )
+            return "epoch"
+        return "epoch" if fits and batch_size * self.n_weights <= FUSED_WORK else "layers"
 
     def train_epoch(
         self,

@@ -9,6 +9,8 @@ write fails the test. Tolerances are relative to the magnitude of the terms summ
 """
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -392,16 +394,51 @@ PTX_SCRIPT = textwrap.dedent(
             if name.endswith("_tiled"):
                 assert ".shared" in ptx and "bar.sync" in ptx, name
             print(name, sig[0].dtype, len(ptx))
+            if name.startswith("train_fused"):
+                with open(f"{sys.argv[1]}/{name}_{sig[0].dtype}.ptx", "w") as out:
+                    out.write(ptx)
     """
 )
 
 
-def test_every_kernel_compiles_to_ptx():
-    """Compiled in a subprocess: under the simulator this process's numba.cuda has no compiler."""
+def ptxas():
+    """NVIDIA's PTX assembler, from the nvidia-cuda-nvcc wheel or the PATH, or None."""
+    try:
+        import nvidia.cuda_nvcc
+
+        found = Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas"
+        if found.exists():
+            return str(found)
+    except ImportError:
+        pass
+    return shutil.which("ptxas")
+
+
+def test_every_kernel_compiles_to_ptx(tmp_path):
+    """Compiled in a subprocess: under the simulator this process's numba.cuda has no compiler.
+
+    The fused kernels then go through ptxas for sm_90: their one block of FUSED_THREADS threads
+    must fit an H100 multiprocessor's 64K registers and 48 KB of static shared memory, or every
+    launch would fail with "too many resources requested".
+    """
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, cwd=root, capture_output=True, text=True)
+    cmd = [sys.executable, "-c", PTX_SCRIPT, str(tmp_path)]
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     if r.returncode == 77:
         pytest.skip(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(r.stdout.splitlines()) == 2 * len(kc.kernel_signatures())
+    assembler = ptxas()
+    if assembler is None:
+        pytest.skip("ptxas not found: the fused kernels' register use is unchecked")
+    fused = sorted(tmp_path.glob("train_fused_*.ptx"))
+    assert len(fused) == 4
+    for ptx in fused:
+        a = subprocess.run([assembler, "-arch=sm_90", "-v", str(ptx), "-o", os.devnull], capture_output=True, text=True)
+        assert a.returncode == 0, a.stderr
+        registers = int(re.search(r"Used (\d+) registers", a.stderr).group(1))
+        smem = re.search(r"(\d+) bytes smem", a.stderr)
+        assert "0 bytes spill stores" in a.stderr, a.stderr
+        assert registers * kc.FUSED_THREADS <= 65536, f"{ptx.name}: {registers} registers x {kc.FUSED_THREADS} threads"
+        assert (int(smem.group(1)) if smem else 0) <= 48 * 1024, a.stderr

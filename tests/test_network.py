@@ -72,20 +72,56 @@ def test_layers_path_equals_epoch_path():
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("path", ["layers", "epoch"])
-@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_cuda_paths_agree_with_cpu(dtype, tol, path, monkeypatch):
+@pytest.fixture
+def fused_kernel(request, monkeypatch):
+    """Sets which fused kernel path="epoch" launches, and the size of v2's shared buffer:
+    ("v2", 33) stages each product in chunks of 2-3 columns, with a padded row and a short last chunk."""
     from gpubp.kernels import cuda as kc
     from numba import config
 
+    version, shared = request.param
     if config.ENABLE_CUDASIM:  # one Python thread per CUDA thread: fewer, and not a multiple of a warp
         monkeypatch.setattr(kc, "FUSED_THREADS", 37)
+    monkeypatch.setattr(kc, "FUSED_VERSION", version)
+    monkeypatch.setattr(kc, "FUSED_SHARED", shared)
+    for cache in (kc._build, kc._kernels):  # the shared buffer's size is fixed when a kernel compiles
+        cache.cache_clear()
+    yield
+    monkeypatch.undo()
+    for cache in (kc._build, kc._kernels):
+        cache.cache_clear()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "path,fused_kernel",
+    [("layers", (2, 4096)), ("epoch", (1, 4096)), ("epoch", (2, 4096)), ("epoch", (2, 33))],
+    indirect=["fused_kernel"],
+    ids=["layers", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
+)
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel):
     a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01)
     b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
+
+
+@pytest.mark.cuda
+def test_epoch_path_refuses_layers_too_wide_for_it(rng):
+    from gpubp.kernels import cuda as kc
+
+    X, labels = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    wide = gpubp.Network([4, kc.FUSED_SHARED, 3], device="cuda", path="epoch", seed=0)
+    before = wide.weights
+    with pytest.raises(ValueError, match=r"path='epoch' cannot train layers of \[4, 4096, 3\] with batches of 8"):
+        wide.fit(X, labels, epochs=1, batch_size=8)
+    for a, b in zip(wide.weights, before):
+        np.testing.assert_array_equal(a, b)
+    auto = gpubp.Network([4, kc.FUSED_SHARED, 3], device="cuda", seed=0)
+    assert auto._schedule.path_for(8) == "layers"
+    assert kc.fused_fits(8, [4, 2000, 3]) and not kc.fused_fits(100, [4, 2000, 3])
 
 
 @pytest.mark.cuda
