@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads for torch-cpu (default: all cores)")
     ap.add_argument("--no-startup", action="store_true", help="skip the JIT / start-up measurement")
+    ap.add_argument(
+        "--cuda-paths",
+        action="store_true",
+        help="also time gpubp-cuda with each path forced (layers, fused v1, fused v2) beside 'auto'",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = ap.parse_args(argv)
 
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data: {data.source}, X {data.X.shape}")
             repeats = args.repeats or DEFAULT_REPEATS[args.which]
             for name in args.config or end_to_end.SETS[args.which]:
-                r = end_to_end.run_config(end_to_end.CONFIGS[name], data, devices, repeats, args.torch_threads)
+                cfg = end_to_end.CONFIGS[name]
+                r = end_to_end.run_config(cfg, data, devices, repeats, args.torch_threads, cuda_paths=args.cuda_paths)
                 record["e2e"].append(r)
                 record["notes"] += r["notes"]
             if not args.no_startup:

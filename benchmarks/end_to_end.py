@@ -75,16 +75,24 @@ def devices_for(device: str) -> list[str]:
     return ["cpu", "cuda"] if cuda_available() else ["cpu"]
 
 
-def make_peers(cfg: Config, data: Data, devices: list[str], notes: list[str], torch_threads=None):
-    """[(name, object, epoch function)] for every available peer; skipped ones get a note."""
+def make_peers(cfg: Config, data: Data, devices: list[str], notes: list[str], torch_threads=None, cuda_paths=False):
+    """[(name, object, epoch function)] for every available peer; skipped ones get a note. With
+    ``cuda_paths``, gpubp-cuda also runs once per forced path (``peers_gpubp.cuda_variants``)."""
     weights, biases = peers_gpubp.initial_params(cfg)
     acts = cfg.layer_activations()
     peers = []
     for dev in devices:
         g = peers_gpubp.GpubpMLP(cfg, weights, biases, device=dev)
         peers.append((g.name, g, lambda p=g: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
-    n = NumpyMLP(weights, biases, acts, cfg.loss)
-    peers.append((n.name, n, lambda p=n: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
+        if dev == "cuda" and cuda_paths:
+            for path, version in peers_gpubp.cuda_variants(cfg):
+                g = peers_gpubp.GpubpMLP(cfg, weights, biases, device=dev, path=path, fused_version=version)
+                peers.append((g.name, g, lambda p=g: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
+    if "cpu" in devices:
+        n = NumpyMLP(weights, biases, acts, cfg.loss)
+        peers.append((n.name, n, lambda p=n: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
+    else:
+        notes.append("numpy and scikit-learn (CPU peers) skipped: --device cuda")
     ok, why = peers_torch.available()
     if ok:
         for dev in devices:
@@ -96,13 +104,13 @@ def make_peers(cfg: Config, data: Data, devices: list[str], notes: list[str], to
     else:
         notes.append(f"torch skipped: {why}")
     ok, why = peers_sklearn.available()
-    if ok:
+    if "cpu" in devices and ok:
         s = peers_sklearn.SklearnMLP(weights, biases, acts, cfg.loss, cfg.batch_size, cfg.lr, data.X, data.y)
         peers.append((s.name, s, lambda p=s: p.epoch(data.X, data.y, cfg.batch_size, cfg.lr)))
         differs = peers_sklearn.what_it_computes(acts, cfg.loss)
         if differs:
             notes.append(f"{cfg.name}: sklearn {differs}")
-    else:
+    elif "cpu" in devices:
         notes.append(f"sklearn skipped: {why}")
     return peers
 
@@ -114,11 +122,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run_config(cfg: Config, data: Data, devices: list[str], repeats: int, torch_threads=None, log=print) -> dict:
+def run_config(
+    cfg: Config, data: Data, devices: list[str], repeats: int, torch_threads=None, log=print, cuda_paths=False
+) -> dict:
     """Time ``repeats`` interleaved epochs of every peer on ``cfg``; torch uses ``torch_threads``
     threads (default: all cores, as the issue asks)."""
     notes: list[str] = []
-    peers = make_peers(cfg, data, devices, notes, torch_threads)
+    peers = make_peers(cfg, data, devices, notes, torch_threads, cuda_paths)
     names = [name for name, _, _ in peers]
     result = {name: {"times_s": []} for name in names}
     log(f"  {cfg.name}: peers {', '.join(names)}; warm-up epoch")

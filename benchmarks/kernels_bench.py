@@ -24,6 +24,7 @@ implementations are credited with the same FLOPs and bytes, so their ratio is th
 from __future__ import annotations
 
 import statistics
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -106,8 +107,15 @@ def host_arrays(op: str, m: int, n_in: int, n_out: int, seed: int = 0) -> dict[s
     raise ValueError(op)
 
 
-def gpubp_call(k, op: str, a: dict, sigmoid: int, quadratic: int):
-    """A no-argument function running gpubp's kernel ``op`` (module ``k``: cpu or cuda) on arrays ``a``."""
+# The products' numbered CUDA versions, timed beside the default launcher (which picks by shape).
+CUDA_VERSIONS = {op: ["tiled", "blocked"] for op in ("forward", "hidden_error", "weight_gradient")}
+
+
+def gpubp_call(k, op: str, a: dict, sigmoid: int, quadratic: int, version: str | None = None):
+    """A no-argument function running gpubp's kernel ``op`` (module ``k``: cpu or cuda) on arrays ``a``;
+    ``version`` names one of the CUDA products' versions (``forward_blocked``, ...)."""
+    if version:
+        k = SimpleNamespace(**{op: getattr(k, f"{op}_{version}")})
     if op == "forward":
         return lambda: k.forward(a["A_prev"], a["W"], a["b"], a["Z"], a["A"], sigmoid)
     if op == "output_error":
@@ -178,7 +186,7 @@ def bench_cpu(shapes, repeats: int, budget_s: float, log=print) -> list[dict]:
 
 
 def _row(device, peer, op, shape, t_gpubp, t_peer) -> dict:
-    flops, nbytes = counts(op, *shape)
+    flops, nbytes = counts(op.split("[")[0], *shape)  # "forward[blocked]" counts as "forward"
     return {
         "device": device,
         "op": op,
@@ -315,19 +323,19 @@ def bench_cuda(shapes, repeats: int, log=print) -> tuple[list[dict], list[str]]:
         end.synchronize()
         return cp.cuda.get_elapsed_time(start, end)
 
+    if cp is not None:  # the float32 matrix-product peak the kernels' GFLOP/s compare with
+        n = 8192
+        x, y = cp.random.random((n, n), dtype=cp.float32), cp.random.random((n, n), dtype=cp.float32)
+        t = _event_median(cupy_record, cupy_elapsed, cp.cuda.Device().synchronize, lambda: x @ y, 3, 10)
+        notes.append(f"cuBLAS SGEMM (CuPy matmul, float32, {n}^3, random data): {2 * n**3 / t / 1e12:.1f} TFLOP/s")
+        log(notes[-1])
+        del x, y
+
     rows = []
     for m, n_in, n_out in shapes:
         for op in OPS:
             host = host_arrays(op, m, n_in, n_out)
             dev = {name: cuda.to_device(arr) for name, arr in host.items()}
-            t_g = _event_median(
-                numba_record,
-                numba_elapsed,
-                cuda.synchronize,
-                gpubp_call(k, op, dev, acts.SIGMOID, losses.QUADRATIC),
-                3,
-                repeats,
-            )
             if cp is None:
                 t_p = float("nan")
             else:
@@ -340,6 +348,16 @@ def bench_cuda(shapes, repeats: int, log=print) -> tuple[list[dict], list[str]]:
                     3,
                     repeats,
                 )
-            rows.append(_row("cuda", "cupy", op, (m, n_in, n_out), t_g, t_p))
-            log(_line(rows[-1]))
+            for version in [None, *CUDA_VERSIONS.get(op, [])]:
+                t_g = _event_median(
+                    numba_record,
+                    numba_elapsed,
+                    cuda.synchronize,
+                    gpubp_call(k, op, dev, acts.SIGMOID, losses.QUADRATIC, version),
+                    3,
+                    repeats,
+                )
+                name = op if version is None else f"{op}[{version}]"
+                rows.append(_row("cuda", "cupy", name, (m, n_in, n_out), t_g, t_p))
+                log(_line(rows[-1]))
     return rows, notes

@@ -32,9 +32,15 @@ def initial_params(cfg, seed=0):
 
 
 class GpubpMLP:
-    def __init__(self, cfg, weights, biases, device="cpu", seed=0):
-        self.name = f"gpubp-{device}"
+    """gpubp on ``device``; on CUDA ``path`` and ``fused_version`` force one way of running an epoch
+    (``kernels.cuda.FUSED_VERSION`` is set around each of this peer's epochs), so one run can time
+    every path; the peer is then named e.g. gpubp-cuda[epoch-v1]."""
+
+    def __init__(self, cfg, weights, biases, device="cpu", seed=0, path="auto", fused_version=None):
+        variant = path + (f"-v{fused_version}" if fused_version else "")
+        self.name = f"gpubp-{device}" + ("" if path == "auto" else f"[{variant}]")
         self.device = device
+        self.fused_version = fused_version
         self.net = gpubp.Network.from_params(
             weights,
             biases,
@@ -44,12 +50,21 @@ class GpubpMLP:
             dtype="float32",
             device=device,
             seed=seed,
+            path=path,
         )
         self.last_fit_seconds = None  # the epoch as timed inside fit (no input checks or copies)
 
     def epoch(self, X, Y, batch_size, lr):
-        history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, lr=lr, shuffle=True)
-        self.synchronize()
+        if self.fused_version:
+            from gpubp.kernels import cuda as kc
+
+            default, kc.FUSED_VERSION = kc.FUSED_VERSION, self.fused_version
+        try:
+            history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, lr=lr, shuffle=True)
+            self.synchronize()
+        finally:
+            if self.fused_version:
+                kc.FUSED_VERSION = default
         if isinstance(history, dict) and history.get("seconds"):
             self.last_fit_seconds = history["seconds"][-1]
 
@@ -61,3 +76,18 @@ class GpubpMLP:
 
     def params(self):
         return self.net.weights, self.net.biases
+
+
+def cuda_variants(cfg) -> list[tuple[str, int | None]]:
+    """(path, fused version) of the forced CUDA paths worth timing on ``cfg``: always the layers
+    path; the fused kernels where they can run and the batch's work is within 8x of the bound
+    under which "auto" picks them (so the bound itself can be checked from both sides)."""
+    from gpubp.kernels import cuda as kc
+
+    from gpubp.schedule import FUSED_WORK
+
+    n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))
+    out = [("layers", None)]
+    if kc.fused_fits(cfg.batch_size, cfg.sizes) and cfg.batch_size * n_weights <= 8 * FUSED_WORK:
+        out += [("epoch", 1), ("epoch", 2)]
+    return out

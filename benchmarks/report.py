@@ -11,6 +11,11 @@ TARGETS = [
     ("textbook 784-30-10 b10", "gpubp-cpu", "numpy", 3.0),
     ("textbook 784-30-10 b10", "gpubp-cpu", "torch-cpu", 15.0),
     ("784-100-10 b128", "gpubp-cpu", "numpy", 1.5),
+    # issue 5: on the GPU, faster than torch eager everywhere and 20x on the textbook run
+    ("textbook 784-30-10 b10", "gpubp-cuda", "torch-cuda", 20.0),
+    ("784-100-10 b10", "gpubp-cuda", "torch-cuda", 1.0),
+    ("784-100-10 b128", "gpubp-cuda", "torch-cuda", 1.0),
+    ("784-1024-1024-10 relu/softmax b1024", "gpubp-cuda", "torch-cuda", 1.0),
 ]
 STARTUP_TARGET_S = 2.0
 

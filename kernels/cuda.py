@@ -14,11 +14,16 @@ The three matrix products come in two versions, as the numbered versions of llm.
 
 - ``*_naive``: one thread per output element, looping over the reduction axis in global memory.
   The reference.
-- tiled (the default names): a TILE x TILE block computes a TILE x TILE tile of the output. For
+- ``*_tiled``: a TILE x TILE block computes a TILE x TILE tile of the output. For
   each step along the reduction axis the block stages one tile of each operand in shared memory
   (one element per thread, coalesced along the contiguous axis, zero-filled outside the arrays
   so any shape works), synchronises, and every thread accumulates TILE products from shared
   memory: each global element is read once per tile instead of once per output element.
+- ``*_blocked``: a TILE x TILE block computes a BLOCK x BLOCK (64 x 64) tile, each thread 4 x 4
+  outputs held in registers: 8 shared loads per 16 multiply-adds instead of 2 per 1.
+
+The default names (``forward``, ``hidden_error``, ``weight_gradient``) take the blocked kernel
+for outputs of at least 64 x 64 and the tiled one below.
 
 Everything else is one thread per row (softmax, BP1, accuracy), per column (BP3) or per
 element (SGD, gathering a mini-batch, the NaN/inf count). Formulas for f, f', softmax and the
@@ -51,6 +56,10 @@ except ImportError:  # the simulator, or an older numba-cuda
 
 TILE = 16  # side of a shared-memory tile and of the 2-D thread blocks
 TILE_PAD = TILE + 1  # a padded row (shapes of shared arrays must be constants, not expressions)
+BLOCK = 64  # side of the output tile of the register-blocked products (*_blocked)
+BLOCK_PAD = BLOCK + 1
+BLOCK_K = 16  # reduction columns staged per step by the register-blocked products
+PER_THREAD = BLOCK // TILE  # each of their TILE x TILE threads sums PER_THREAD x PER_THREAD outputs
 ROWS = 128  # threads per block of the one-thread-per-row / per-column kernels
 FLAT = 256  # threads per block of the elementwise kernels
 NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
@@ -109,6 +118,110 @@ def _build(T):
             Z[i, j] = z
             if act != SOFTMAX:
                 A[i, j] = f(z, act, T(1))
+
+    # ---- register-blocked products: a 64 x 64 output tile per block, 4 x 4 outputs per thread ---
+    # C = P Q with P (M x K) and Q (K x N), each read either as stored or transposed (the flags are
+    # compile-time constants of each version). A 16 x 16 block stages 64 x 16 of P and 16 x 64 of Q
+    # per step and each thread accumulates the 4 x 4 outputs (ty + 16u, tx + 16v) in registers:
+    # 8 shared loads per 16 multiply-adds, where the TILE x TILE kernels do 2 per 1.
+
+    def _blocked_product(p_transposed, q_transposed):
+        @cuda.jit(device=True)
+        def stage(P, Q, M, N, K, i0, j0, k0, sP, sQ, t):
+            """sP[kk, r] = P(i0 + r, k0 + kk), sQ[kk, c] = Q(k0 + kk, j0 + c), zero outside;
+            consecutive threads take consecutive elements of the operand's contiguous axis."""
+            zero = T(0)
+            for q in range(BLOCK * BLOCK_K // (TILE * TILE)):
+                e = t + q * TILE * TILE
+                if p_transposed:  # P(i, k) = P[k, i]: i is contiguous
+                    r, kk = e % BLOCK, e // BLOCK
+                    i, k = i0 + r, k0 + kk
+                    sP[kk, r] = P[k, i] if i < M and k < K else zero
+                else:
+                    kk, r = e % BLOCK_K, e // BLOCK_K
+                    i, k = i0 + r, k0 + kk
+                    sP[kk, r] = P[i, k] if i < M and k < K else zero
+                if q_transposed:  # Q(k, j) = Q[j, k]: k is contiguous
+                    kk, c = e % BLOCK_K, e // BLOCK_K
+                    j, k = j0 + c, k0 + kk
+                    sQ[kk, c] = Q[j, k] if j < N and k < K else zero
+                else:
+                    c, kk = e % BLOCK, e // BLOCK
+                    j, k = j0 + c, k0 + kk
+                    sQ[kk, c] = Q[k, j] if j < N and k < K else zero
+
+        @cuda.jit(device=True)
+        def product(P, Q, M, N, K, acc):
+            """acc[u, v] = C(i0 + ty + 16u, j0 + tx + 16v) for this thread's block (i0, j0)."""
+            sP = cuda.shared.array((BLOCK_K, BLOCK_PAD), T)
+            sQ = cuda.shared.array((BLOCK_K, BLOCK_PAD), T)
+            p = cuda.local.array(PER_THREAD, T)
+            q = cuda.local.array(PER_THREAD, T)
+            tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+            t = ty * TILE + tx
+            i0, j0 = cuda.blockIdx.y * BLOCK, cuda.blockIdx.x * BLOCK
+            for u in range(PER_THREAD):
+                for v in range(PER_THREAD):
+                    acc[u, v] = T(0)
+            for k0 in range(0, K, BLOCK_K):
+                stage(P, Q, M, N, K, i0, j0, k0, sP, sQ, t)
+                cuda.syncthreads()
+                for kk in range(BLOCK_K):
+                    for u in range(PER_THREAD):
+                        p[u] = sP[kk, ty + TILE * u]
+                        q[u] = sQ[kk, tx + TILE * u]
+                    for u in range(PER_THREAD):
+                        for v in range(PER_THREAD):
+                            acc[u, v] += p[u] * q[v]
+                cuda.syncthreads()
+
+        return product
+
+    _product_nt = _blocked_product(False, True)  # A_prev W^T
+    _product_nn = _blocked_product(False, False)  # Delta_next W_next
+    _product_tn = _blocked_product(True, False)  # Delta^T A_prev
+
+    @cuda.jit
+    def forward_blocked(A_prev, W, b, Z, A, act):
+        """Feedforward, register-blocked: Z = A_prev W^T + b, A = f(Z) (A untouched for softmax)."""
+        acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
+        m, n_out = Z.shape
+        _product_nt(A_prev, W, m, n_out, A_prev.shape[1], acc)
+        for u in range(PER_THREAD):
+            i = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            for v in range(PER_THREAD):
+                j = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                if i < m and j < n_out:
+                    z = acc[u, v] + b[j]
+                    Z[i, j] = z
+                    if act != SOFTMAX:
+                        A[i, j] = f(z, act, T(1))
+
+    @cuda.jit
+    def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act):
+        """BP2, register-blocked: Delta = (Delta_next W_next) ⊙ f'(Z)."""
+        acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
+        m, n = Delta.shape
+        _product_nn(Delta_next, W_next, m, n, W_next.shape[0], acc)
+        for u in range(PER_THREAD):
+            i = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            for v in range(PER_THREAD):
+                j = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                if i < m and j < n:
+                    Delta[i, j] = acc[u, v] * fprime(Z[i, j], A[i, j], act, T(1))
+
+    @cuda.jit
+    def weight_gradient_blocked(Delta, A_prev, scale, nabla_w):
+        """BP4 summed over the batch, register-blocked: nabla_w = scale * Delta^T A_prev."""
+        acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
+        n_out, n_in = nabla_w.shape
+        _product_tn(Delta, A_prev, n_out, n_in, Delta.shape[0], acc)
+        for u in range(PER_THREAD):
+            j = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            for v in range(PER_THREAD):
+                k = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                if j < n_out and k < n_in:
+                    nabla_w[j, k] = T(scale) * acc[u, v]
 
     @cuda.jit
     def softmax_rows(Z, A):
@@ -484,12 +597,54 @@ _BLOCK2 = (TILE, TILE)
 # ---- launchers: same names and argument order as kernels.cpu, plus stream --------------------
 
 
+def _blocked(rows: int, cols: int) -> bool:
+    """Whether a product's (rows, cols) output goes to the register-blocked kernel: when it fills
+    64 x 64 tiles. Below that the 16 x 16 tiles waste fewer threads and spread over more blocks.
+    (Chosen from the kernels' shared loads per multiply-add, not yet measured on a GPU.)"""
+    return rows >= BLOCK and cols >= BLOCK
+
+
 def forward(A_prev, W, b, Z, A, act: int, stream=0) -> None:
-    """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z) (tiled)."""
+    """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z) (blocked or tiled by shape)."""
+    if _blocked(Z.shape[0], Z.shape[1]):
+        forward_blocked(A_prev, W, b, Z, A, act, stream)
+    else:
+        forward_tiled(A_prev, W, b, Z, A, act, stream)
+
+
+def forward_tiled(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+    """Feedforward for one layer, 16 x 16 shared-memory tiles."""
     k = _kernels(Z.dtype)
     k.forward_tiled[_grid2(Z.shape[0], Z.shape[1]), _BLOCK2, stream](A_prev, W, b, Z, A, act)
     if act == SOFTMAX:  # a second launch on the same stream sees the whole of Z
         k.softmax_rows[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A)
+
+
+def _grid_blocked(rows: int, cols: int) -> tuple[int, int]:
+    """Blocks covering a (rows, cols) output with BLOCK x BLOCK tiles; x runs along the columns."""
+    return ((cols + BLOCK - 1) // BLOCK or 1, (rows + BLOCK - 1) // BLOCK or 1)
+
+
+def forward_blocked(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+    """Feedforward for one layer, register-blocked 64 x 64 tiles."""
+    k = _kernels(Z.dtype)
+    k.forward_blocked[_grid_blocked(Z.shape[0], Z.shape[1]), _BLOCK2, stream](A_prev, W, b, Z, A, act)
+    if act == SOFTMAX:
+        k.softmax_rows[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A)
+
+
+def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+    """BP2, register-blocked 64 x 64 tiles."""
+    _kernels(Delta.dtype).hidden_error_blocked[_grid_blocked(Delta.shape[0], Delta.shape[1]), _BLOCK2, stream](
+        Delta_next, W_next, Z, A, Delta, act
+    )
+
+
+def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+    """BP4, register-blocked 64 x 64 tiles (overwrites nabla_w)."""
+    _kernels(nabla_w.dtype).weight_gradient_blocked[_grid_blocked(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream](
+        Delta, A_prev, scale, nabla_w
+    )
 
 
 def forward_naive(A_prev, W, b, Z, A, act: int, stream=0) -> None:
@@ -506,7 +661,15 @@ def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
 
 
 def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
-    """BP2: Delta = (Delta_next W_next) ⊙ f'(Z) (tiled)."""
+    """BP2: Delta = (Delta_next W_next) ⊙ f'(Z) (blocked or tiled by shape)."""
+    if _blocked(Delta.shape[0], Delta.shape[1]):
+        hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act, stream)
+    else:
+        hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act, stream)
+
+
+def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+    """BP2, 16 x 16 shared-memory tiles."""
     _kernels(Delta.dtype).hidden_error_tiled[_grid2(Delta.shape[0], Delta.shape[1]), _BLOCK2, stream](
         Delta_next, W_next, Z, A, Delta, act
     )
@@ -520,7 +683,16 @@ def hidden_error_naive(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> N
 
 
 def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
-    """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (tiled; overwrites nabla_w)."""
+    """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (blocked or tiled by shape;
+    overwrites nabla_w)."""
+    if _blocked(nabla_w.shape[0], nabla_w.shape[1]):
+        weight_gradient_blocked(Delta, A_prev, scale, nabla_w, stream)
+    else:
+        weight_gradient_tiled(Delta, A_prev, scale, nabla_w, stream)
+
+
+def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+    """BP4, 16 x 16 shared-memory tiles (overwrites nabla_w)."""
     _kernels(nabla_w.dtype).weight_gradient_tiled[_grid2(nabla_w.shape[0], nabla_w.shape[1]), _BLOCK2, stream](
         Delta, A_prev, scale, nabla_w
     )
@@ -598,12 +770,15 @@ def kernel_signatures() -> dict[str, list[tuple]]:
         sigs = {
             "forward_naive": (M, M, V, M, M, i64),
             "forward_tiled": (M, M, V, M, M, i64),
+            "forward_blocked": (M, M, V, M, M, i64),
             "softmax_rows": (M, M),
             "output_error": (M, M, M, M, i64, i64, numba.float64[::1]),  # the cost sums in float64
             "hidden_error_naive": (M, M, M, M, M, i64),
             "hidden_error_tiled": (M, M, M, M, M, i64),
+            "hidden_error_blocked": (M, M, M, M, M, i64),
             "weight_gradient_naive": (M, M, numba.float64, M),
             "weight_gradient_tiled": (M, M, numba.float64, M),
+            "weight_gradient_blocked": (M, M, numba.float64, M),
             "bias_gradient": (M, numba.float64, V),
             "sgd_update": (V, V, V, numba.float64, numba.float64, numba.float64),
             "gather_rows": (M, i64[::1], M),

@@ -32,9 +32,9 @@ ACT = activations.CODES
 LOSS = losses.CODES
 ELEMENTWISE = ["sigmoid", "tanh", "relu", "linear"]
 
-FORWARD = {"tiled": kc.forward, "naive": kc.forward_naive}
-HIDDEN = {"tiled": kc.hidden_error, "naive": kc.hidden_error_naive}
-WEIGHT = {"tiled": kc.weight_gradient, "naive": kc.weight_gradient_naive}
+FORWARD = {"tiled": kc.forward_tiled, "naive": kc.forward_naive, "blocked": kc.forward_blocked}
+HIDDEN = {"tiled": kc.hidden_error_tiled, "naive": kc.hidden_error_naive, "blocked": kc.hidden_error_blocked}
+WEIGHT = {"tiled": kc.weight_gradient_tiled, "naive": kc.weight_gradient_naive, "blocked": kc.weight_gradient_blocked}
 
 
 @pytest.fixture
@@ -127,6 +127,32 @@ def test_forward(shape, act, version, dtype, rng):
     check(Z.copy_to_host(), z, mag, dtype)
     # |f'| <= 1 for the elementwise f; a softmax output moves by at most 2 max_k |dz_k|.
     check(A.copy_to_host(), ref.f(z, act), 2 * mag.max(axis=1, keepdims=True), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_blocked_products_span_several_blocks(dtype, rng):
+    """The 64 x 64 register-blocked products on outputs of 2 x 2 blocks, each partial on one side,
+    and a reduction of two staging steps, the second partial (the cases above fit one block)."""
+    m, n_in, n_out = 65, 20, 66
+    X, W, b = normal(rng, (m, n_in), dtype), normal(rng, (n_out, n_in), dtype), normal(rng, n_out, dtype)
+    Z, A = poisoned((m, n_out), dtype), poisoned((m, n_out), dtype)
+    assert kc._blocked(m, n_out)  # what the default launcher ``forward`` runs
+    kc.forward(cuda.to_device(X), cuda.to_device(W), cuda.to_device(b), Z, A, ACT["tanh"])
+    x, w = f64(X), f64(W)
+    z = x @ w.T + f64(b)
+    check(Z.copy_to_host(), z, np.abs(x) @ np.abs(w).T + np.abs(f64(b)), dtype)
+    check(A.copy_to_host(), np.tanh(z), np.abs(x) @ np.abs(w).T + np.abs(f64(b)), dtype)
+
+    D, Wn, Zh = normal(rng, (m, n_out), dtype), normal(rng, (n_out, n_in), dtype), normal(rng, (m, n_in), dtype)
+    Ah = np.tanh(f64(Zh)).astype(dtype)
+    Delta = poisoned((m, n_in), dtype)
+    kc.hidden_error_blocked(*(cuda.to_device(v) for v in (D, Wn, Zh, Ah)), Delta, ACT["tanh"])
+    d, wn, fp = f64(D), f64(Wn), fprime_ref(f64(Zh), f64(Ah), "tanh")
+    check(Delta.copy_to_host(), (d @ wn) * fp, (np.abs(d) @ np.abs(wn)) * np.abs(fp), dtype)
+
+    nabla_w = poisoned((n_out, n_in), dtype)
+    kc.weight_gradient_blocked(cuda.to_device(D), cuda.to_device(X), 0.5, nabla_w)
+    check(nabla_w.copy_to_host(), 0.5 * d.T @ x, 0.5 * np.abs(d).T @ np.abs(x), dtype)
 
 
 # ---- BP1 -------------------------------------------------------------------------------------
