@@ -146,7 +146,7 @@ class Schedule:
             if not fits:
                 raise ValueError(
                     f"path='epoch' cannot train layers of {self.sizes} with batches of {batch_size} on "
-                    f"{self.backend.name}: a batch plus twice a layer's width must be under "
+                    f"{self.backend.name}: a batch plus twice a layer's width must be at most "
                     f"{self.k.FUSED_SHARED} (the fused kernel's shared buffer); use path='layers' or 'auto'"
                 )
             return "epoch"
