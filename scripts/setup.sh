@@ -11,8 +11,9 @@ need=()
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]} with apt-get"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+    wait_lock=(-o DPkg::Lock::Timeout=300)  # another apt run (unattended upgrades, a second setup) may hold the lock
+    $sudo apt-get "${wait_lock[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get "${wait_lock[@]}" install -y -qq "${need[@]}"
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
