@@ -51,7 +51,7 @@ def softmax_row(z, a):
     for j in range(1, n):
         if z[j] > zmax:
             zmax = z[j]
-    total = 0.0
+    total = z.dtype.type(0)  # in the arrays' precision: float32 stays float32 on the GPU
     for j in range(n):
         e = math.exp(z[j] - zmax)
         a[j] = e

@@ -30,26 +30,32 @@ CODES = {"quadratic": QUADRATIC, "cross_entropy": CROSS_ENTROPY, "log_likelihood
 NAMES = {code: name for name, code in CODES.items()}
 
 
-def softplus(x):
-    """ln(1 + e^x) without overflow; -ln(sigma(z)) = softplus(-z), -ln(1 - sigma(z)) = softplus(z)."""
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+def softplus(x, zero):
+    """ln(1 + e^x) without overflow; -ln(sigma(z)) = softplus(-z), -ln(1 - sigma(z)) = softplus(z).
+
+    ``zero`` is 0 in x's precision, so float32 stays float32."""
+    return max(x, zero) + math.log1p(math.exp(-abs(x)))
 
 
 def _make_output_error_row(fprime, softplus):
     def output_error_row(z, a, y, delta, loss, act):
-        """BP1 for one sample: fill ``delta`` and return the sample's cost C_x."""
+        """BP1 for one sample: fill ``delta`` and return the sample's cost C_x.
+
+        All arithmetic is in the arrays' precision (float32 on a consumer GPU runs float64 at
+        1/32 to 1/64 of the rate); the kernels sum the per-sample costs in float64."""
         n = z.shape[0]
-        cost = 0.0
+        zero, half, one = z.dtype.type(0), z.dtype.type(0.5), z.dtype.type(1)
+        cost = zero
         # The cost C_x, from z where ln a would lose precision.
         if loss == QUADRATIC:
             for j in range(n):
                 d = a[j] - y[j]
-                cost += 0.5 * d * d
+                cost += half * d * d
         elif act == SOFTMAX:  # LOG_LIKELIHOOD: ln a_j = z_j - ln sum_k e^(z_k)
             zmax = z[0]
             for j in range(1, n):
                 zmax = max(zmax, z[j])
-            total = 0.0
+            total = zero
             for j in range(n):
                 total += math.exp(z[j] - zmax)
             log_sum = zmax + math.log(total)
@@ -58,16 +64,16 @@ def _make_output_error_row(fprime, softplus):
                     cost -= y[j] * (z[j] - log_sum)
         elif act == SIGMOID:  # CROSS_ENTROPY with sigmoid outputs
             for j in range(n):
-                cost += y[j] * softplus(-z[j]) + (1.0 - y[j]) * softplus(z[j])
+                cost += y[j] * softplus(-z[j], zero) + (one - y[j]) * softplus(z[j], zero)
         else:  # not reached: the network refuses other combinations
-            cost = math.nan
+            cost = z.dtype.type(math.nan)
 
         # BP1: delta = grad_a C ⊙ f'(z).
         if (loss == CROSS_ENTROPY and act == SIGMOID) or (loss == LOG_LIKELIHOOD and act == SOFTMAX):
             for j in range(n):
                 delta[j] = a[j] - y[j]
         elif act == SOFTMAX:  # QUADRATIC: delta_j = a_j (g_j - sum_k g_k a_k), g = a - y
-            ga = 0.0
+            ga = zero
             for j in range(n):
                 g = a[j] - y[j]
                 delta[j] = g
@@ -76,7 +82,7 @@ def _make_output_error_row(fprime, softplus):
                 delta[j] = a[j] * (delta[j] - ga)
         else:  # QUADRATIC with an elementwise activation: (a - y) ⊙ f'(z)
             for j in range(n):
-                delta[j] = (a[j] - y[j]) * fprime(z[j], a[j], act, z.dtype.type(1))
+                delta[j] = (a[j] - y[j]) * fprime(z[j], a[j], act, one)
         return cost
 
     return output_error_row
