@@ -425,9 +425,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"network {sizes_text}: {net.activation} hidden, {net.output_activation} output, {net.loss} loss, "
         f"{net.dtype.name} on {net.device}" + (f" (resumed from {args.resume})" if args.resume else "")
     )
+    # A resumed model goes on with the lr schedule where its saved epoch left it.
+    epochs_before = net.epochs_trained
+    lr = args.lr * args.lr_decay**epochs_before
     say(
         f"SGD: {args.epochs} epoch{'s' if args.epochs != 1 else ''}, batch {args.batch_size}, lr {args.lr}"
         + _extras(args)
+        + (f"; after {epochs_before} epochs, lr starts at {lr:.6g}" if args.resume and args.lr_decay != 1 else "")
     )
 
     has_val = len(ds.y_val) > 0
@@ -470,7 +474,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ds.y_train,
             epochs=args.epochs,
             batch_size=args.batch_size,
-            lr=args.lr,
+            lr=lr,
             validation=validation,
             callback=callback,
             momentum=args.momentum,
@@ -503,7 +507,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"time {_fmt_seconds(fit_seconds)} training, {_fmt_seconds(total)} in all; device {net.device}")
 
     history = {
-        key: [r.get(key) for r in epochs_done] for key in ("epoch", "loss", "val_loss", "val_accuracy", "seconds")
+        key: [r.get(key) for r in epochs_done] for key in ("epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds")
     }
     if args.plot and epochs_done:
         _plot(history, args.plot, title=f"{ds.name}: {sizes_text}, {net.activation}/{net.loss}")
@@ -525,6 +529,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "lr_decay": args.lr_decay,
             "seed": args.seed,
             "resumed_from": args.resume,
+            "epochs_before": epochs_before,
             "history": history,
             "best_epoch": best["epoch"],
             "best_val_accuracy": best["val_accuracy"] if has_val else None,

@@ -47,8 +47,8 @@ class History(dict):
     the forward pass that trained on it (before its batch's update). The first epoch's "seconds"
     include compiling the kernels, the first time a process uses them.
 
-    The momentum state persists across ``fit`` calls on one network, like an optimizer's; it is
-    not saved by ``save``.
+    The momentum state persists across ``fit`` calls on one network, like an optimizer's, and
+    ``save`` stores it with the parameters, so a loaded model goes on with the velocity it had.
     """
 
 
@@ -169,6 +169,7 @@ class Network:
         if self.dtype is None or self.dtype.name not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose 'float32' or 'float64'")
         self.sizes = sizes
+        self.epochs_trained = 0  # epochs of fit these parameters have had (kept by save and load)
         self._rng = rng
         self._backend = backends.select(device)
         flat = np.concatenate([w.ravel() for w in weights] + [b.ravel() for b in biases])
@@ -378,6 +379,7 @@ class Network:
                     f"with lr={epoch_lr:g}; the network keeps its parameters from {since}. "
                     f"Try a smaller learning rate."
                 )
+            self.epochs_trained += 1
             record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val)
@@ -490,7 +492,10 @@ class Network:
 
     # -- files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename."""
+        """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename.
+
+        The file holds W^l and b^l and, once the network has trained, the velocity of the SGD
+        update (``vw{l}``, ``vb{l}``; the momentum state), like an optimizer's state in a checkpoint."""
         path = os.fspath(path)
         config = {
             "sizes": self.sizes,
@@ -498,10 +503,15 @@ class Network:
             "output_activation": self.output_activation,
             "loss": self.loss,
             "dtype": self.dtype.name,
+            "epochs_trained": self.epochs_trained,
         }
         arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(config))}
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
+        velocity = self._schedule.backend.to_host(self._schedule.velocity)
+        if velocity.any():  # zero until the first update: no need to double the file
+            for l, (vw, vb) in enumerate(zip(*self._split(velocity))):
+                arrays[f"vw{l}"], arrays[f"vb{l}"] = vw, vb
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
@@ -535,9 +545,18 @@ class Network:
                 L = len(config["sizes"]) - 1
                 weights = [data[f"w{l}"] for l in range(L)]
                 biases = [data[f"b{l}"] for l in range(L)]
+                velocity = [data[f"v{p}{l}"] for p in "wb" for l in range(L)] if "vw0" in data.files else None
             names = [config[k] for k in ("activation", "output_activation", "loss", "dtype")]
+            epochs_trained = config.get("epochs_trained", 0)  # absent from files of gpubp 0.1
+            if isinstance(epochs_trained, bool) or not isinstance(epochs_trained, int) or epochs_trained < 0:
+                raise ValueError(f"epochs_trained must be a count, got {epochs_trained!r}")
             if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
                 raise ValueError(f"the weights do not match sizes {config['sizes']}")
+            if velocity is not None:
+                if [v.shape for v in velocity] != [p.shape for p in weights + biases]:
+                    raise ValueError("the momentum state does not match the parameters")
+                if not all(np.isfinite(v).all() for v in velocity):
+                    raise ValueError("the momentum state holds NaN or inf")
         except (
             zipfile.BadZipFile,
             EOFError,
@@ -550,9 +569,14 @@ class Network:
         ) as e:
             raise ValueError(f"{path}: not a gpubp model, or truncated or corrupt ({e})") from None
         activation, output_activation, loss, dtype = names
-        return cls.from_params(
+        net = cls.from_params(
             weights, biases, activation, output_activation, loss, dtype=dtype, device=device, seed=seed
         )
+        net.epochs_trained = epochs_trained
+        if velocity is not None:
+            flat = np.concatenate([v.ravel() for v in velocity]).astype(net.dtype)
+            net._schedule.backend.copy(net._backend.to_device(flat), net._schedule.velocity)
+        return net
 
 
 def check_gradients(

@@ -136,6 +136,22 @@ def test_save_and_resume(capsys, tmp_path, digits_model):
     assert model.exists()
 
 
+def test_resume_goes_on_with_the_lr_schedule(capsys, tmp_path):
+    """2 epochs, then 1 resumed, trains with lr, lr d, lr d^2: as 3 epochs in one run."""
+    first = tmp_path / "first.npz"
+    settings = ["--dataset", "digits", "--lr", "0.4", "--lr-decay", "0.5", "--momentum", "0.5", "--json", *CPU]
+    code, out, err = run(capsys, "train", "--hidden", "8", "--epochs", "2", "--save", first, *settings)
+    assert code == 0, err
+    saved_epoch = json.loads(out)["best_epoch"]
+    assert gpubp.Network.load(first, device="cpu").epochs_trained == saved_epoch
+    code, out, err = run(capsys, "train", "--resume", first, "--epochs", "1", *settings)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["epochs_before"] == saved_epoch
+    assert summary["history"]["lr"] == [pytest.approx(0.4 * 0.5**saved_epoch)]
+    assert f"after {saved_epoch} epochs, lr starts at {0.4 * 0.5**saved_epoch:.6g}" in err
+
+
 def test_resume_refuses_a_model_that_does_not_fit(capsys, idx_folder, digits_model):
     code, out, err = run(capsys, "train", "--data", idx_folder, "--resume", digits_model, *CPU)
     assert_usage_error(code, err, "gpubp: error:", "64 inputs", "12 features")

@@ -1,5 +1,6 @@
 """The Network API: steps against the reference, paths agreeing, seeds, files, learning, errors."""
 
+import json
 import os
 
 import numpy as np
@@ -267,6 +268,48 @@ def test_save_load_round_trip(tmp_path, rng):
     X = rng.standard_normal((4, 5))
     np.testing.assert_array_equal(back.predict(X), net.predict(X))
     assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_saved_momentum_state_resumes_training_exactly(tmp_path, rng, device):
+    """fit 2 epochs == fit 1, save, load, fit 1: the velocity travels with the parameters."""
+    X, labels = rng.uniform(0, 1, (12, 4)), rng.integers(0, 3, 12)
+    settings = dict(batch_size=4, lr=0.5, momentum=0.9, weight_decay=0.01, shuffle=False)
+    whole = gpubp.Network([4, 5, 3], dtype="float64", device=device, seed=3)
+    whole.fit(X, labels, epochs=2, **settings)
+    half = gpubp.Network([4, 5, 3], dtype="float64", device=device, seed=3)
+    half.fit(X, labels, epochs=1, **settings)
+    half.save(tmp_path / "half.npz")
+    with np.load(tmp_path / "half.npz") as data:
+        assert {"vw0", "vw1", "vb0", "vb1"} <= set(data.files)
+        assert np.abs(data["vw1"]).max() > 0
+    resumed = gpubp.Network.load(tmp_path / "half.npz", device=device)
+    assert resumed.epochs_trained == 1
+    resumed.fit(X, labels, epochs=1, **settings)
+    assert resumed.epochs_trained == whole.epochs_trained == 2
+    for a, b in zip(resumed.weights + resumed.biases, whole.weights + whole.biases):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    # An untrained network has no momentum state to keep: the file holds the parameters only.
+    gpubp.Network([4, 5, 3], device="cpu", seed=3).save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        assert sorted(data.files) == ["b0", "b1", "config", "format", "w0", "w1"]
+
+
+def test_load_rejects_a_training_state_that_does_not_fit(tmp_path):
+    net = gpubp.Network([3, 2], device="cpu", seed=0)
+    net.fit(np.eye(3), [0, 1, 0], epochs=1, batch_size=3, momentum=0.5)
+    net.save(tmp_path / "model.npz")
+    with np.load(tmp_path / "model.npz") as data:
+        arrays = dict(data)
+    config = json.loads(str(arrays["config"]))
+    for name, value, problem in (
+        ("vw0", np.zeros((3, 2)), "momentum state"),
+        ("vb0", np.array([np.nan, 0.0]), "momentum state"),
+        ("config", np.array(json.dumps({**config, "epochs_trained": -1})), "epochs_trained"),
+    ):
+        np.savez(tmp_path / "bad.npz", **{**arrays, name: value})
+        with pytest.raises(ValueError, match=f"not a gpubp model.*{problem}"):
+            gpubp.Network.load(tmp_path / "bad.npz", device="cpu")
 
 
 def test_failed_save_leaves_existing_file_intact(tmp_path, monkeypatch):
