@@ -108,7 +108,7 @@ def host_arrays(op: str, m: int, n_in: int, n_out: int, seed: int = 0) -> dict[s
 
 
 # The products' numbered CUDA versions, timed beside the default launcher (which picks by shape).
-CUDA_VERSIONS = {op: ["tiled", "blocked"] for op in ("forward", "hidden_error", "weight_gradient")}
+CUDA_VERSIONS = {op: ["tiled", "blocked", "cublas"] for op in ("forward", "hidden_error", "weight_gradient")}
 
 
 def gpubp_call(k, op: str, a: dict, sigmoid: int, quadratic: int, version: str | None = None):

@@ -80,14 +80,20 @@ class GpubpMLP:
 
 def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     """(path, fused version) of the forced CUDA paths worth timing on ``cfg``: always the layers
-    path; the fused kernels where they can run and the batch's work is within 8x of the bound
-    under which "auto" picks them (so the bound itself can be checked from both sides)."""
+    path, and the cublas path when CuPy is installed; the fused kernels where they can run and
+    the batch's work is within 8x of the bound under which "auto" picks them (so the bound itself
+    can be checked from both sides)."""
     from gpubp.kernels import cuda as kc
 
     from gpubp.schedule import FUSED_WORK
 
     n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))
     out = [("layers", None)]
+    try:
+        kc.check_cublas()
+        out.append(("cublas", None))
+    except ImportError:
+        pass
     if kc.fused_fits(cfg.batch_size, cfg.sizes) and cfg.batch_size * n_weights <= 8 * FUSED_WORK:
         out += [("epoch", 1), ("epoch", 2)]
     return out

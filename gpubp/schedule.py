@@ -17,6 +17,10 @@ device for the whole fit, and only the epoch's shuffled order is sent, once per 
   @njit function, with each layer's BP3/BP4 and update fused; on CUDA one kernel launch that runs
   every mini-batch in a single thread block (``train_fused_v2``), which pays no launch per batch
   but uses one multiprocessor: for small networks, whose batches cannot fill a GPU anyway.
+- ``"cublas"`` (CUDA only): the layers path with each product done by cuBLAS through CuPy and the
+  rest of its equation by a Numba kernel (``kernels.cuda.*_cublas``): the path for wide layers
+  at large batches, if cuBLAS beats the register-blocked kernels there. Never picked by "auto"
+  until a GPU measurement says where it wins.
 ``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
 multiply-adds per layer pass and its layers fit the kernel's shared buffer
 (``kernels.cuda.fused_fits``), else "layers". That bound is a first guess, not yet measured on a GPU.
@@ -32,7 +36,7 @@ import numpy as np
 
 from .backends import Backend
 
-PATHS = ("auto", "layers", "epoch")
+PATHS = ("auto", "layers", "epoch", "cublas")
 FUSED_WORK = 1 << 24  # CUDA "auto": batch_size * (number of weights) up to this runs fused
 
 
@@ -57,6 +61,20 @@ class Schedule:
         if path == "auto" and backend.name == "cpu":
             path = "epoch"
         self.backend, self.k, self.path = backend, backend.kernels, path
+        k = self.k
+        if path == "cublas":
+            if backend.name != "cuda":
+                raise ValueError(
+                    "path='cublas' runs on CUDA only; on the CPU the products already call BLAS from 32 rows up"
+                )
+            k.check_cublas()
+            self.forward, self.hidden_error, self.weight_gradient = (
+                k.forward_cublas,
+                k.hidden_error_cublas,
+                k.weight_gradient_cublas,
+            )
+        else:
+            self.forward, self.hidden_error, self.weight_gradient = k.forward, k.hidden_error, k.weight_gradient
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
         self.acts_list, self.loss = list(acts), loss
@@ -120,13 +138,13 @@ class Schedule:
         """Forward, BP1, then BP4/BP3 and BP2 down the layers: nabla = scale * sum_x dC_x/dp."""
         k, L, acts = self.k, self.L, self.acts_list
         for l in range(L):
-            k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l])
+            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l])
         k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost)
         for l in reversed(range(L)):
-            k.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l])
+            self.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l])
             k.bias_gradient(v.D[l + 1], scale, self.gb[l])
             if l > 0:
-                k.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1])
+                self.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1])
 
     def update_layers(self, lr: float, momentum: float, decay: float) -> None:
         """SGD on all parameters: weights with weight decay, biases without."""
@@ -138,8 +156,8 @@ class Schedule:
     def path_for(self, batch_size: int) -> str:
         """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
         cannot run it)."""
-        if self.path == "layers":
-            return "layers"
+        if self.path in ("layers", "cublas"):
+            return self.path
         fits = getattr(self.k, "fused_fits", None)
         fits = fits is None or fits(batch_size, self.sizes)
         if self.path == "epoch":
@@ -220,7 +238,7 @@ class Schedule:
         v = self.views(cap, e - s)
         self.backend.copy(X[s:e], v.A[0])
         for l in range(self.L):
-            self.k.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
         return v
 
     def evaluate(self, X: Any, Y: Any, cap: int = 1024) -> tuple[float, int]:

@@ -10,7 +10,7 @@ shapes and dtypes once) and never allocate.
 
 Threads. 2-D kernels map ``threadIdx.x`` / ``blockIdx.x`` to the column of the output (the
 contiguous axis, so neighbouring threads touch neighbouring addresses) and ``y`` to the row.
-The three matrix products come in two versions, as the numbered versions of llm.c's dev/cuda:
+The three matrix products come in several versions, as the numbered versions of llm.c's dev/cuda:
 
 - ``*_naive``: one thread per output element, looping over the reduction axis in global memory.
   The reference.
@@ -21,6 +21,9 @@ The three matrix products come in two versions, as the numbered versions of llm.
   memory: each global element is read once per tile instead of once per output element.
 - ``*_blocked``: a TILE x TILE block computes a BLOCK x BLOCK (64 x 64) tile, each thread 4 x 4
   outputs held in registers: 8 shared loads per 16 multiply-adds instead of 2 per 1.
+- ``*_cublas``: the product by one cuBLAS GEMM (through CuPy, on the arrays in place), then one
+  Numba kernel for the rest of the equation (bias and f for the forward pass, the Hadamard
+  product with f' for BP2). The peer to beat; the "cublas" path of ``gpubp.schedule`` uses it.
 
 The default names (``forward``, ``hidden_error``, ``weight_gradient``) take the blocked kernel
 for outputs of at least 64 x 64 and the tiled one below.
@@ -327,6 +330,27 @@ def _build(T):
             nabla_b[j] = T(scale) * acc
 
     # ---- SGD update ---------------------------------------------------------------------------
+
+    # ---- epilogues of the cuBLAS products (*_cublas): the elementwise rest of forward and BP2 ----
+
+    @cuda.jit
+    def bias_activation(Z, b, A, act):
+        """Feedforward after Z = A_prev W^T: Z += b, A = f(Z) (A untouched for softmax), one thread per (i, j)."""
+        j, i = cuda.grid(2)
+        if i < Z.shape[0] and j < Z.shape[1]:
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            if act != SOFTMAX:
+                A[i, j] = f(z, act, T(1))
+
+    @cuda.jit
+    def times_fprime(Z, A, Delta, act):
+        """BP2 after Delta = Delta_next W_next: the Hadamard product Delta ⊙= f'(Z), one thread per (i, j)."""
+        j, i = cuda.grid(2)
+        if i < Delta.shape[0] and j < Delta.shape[1]:
+            Delta[i, j] = Delta[i, j] * fprime(Z[i, j], A[i, j], act, T(1))
+
+    # ---- SGD -----------------------------------------------------------------------------------
 
     @cuda.jit
     def sgd_update(P, nabla, velocity, lr, momentum, decay):
@@ -647,6 +671,63 @@ def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0) -> N
     )
 
 
+# ---- cuBLAS (through CuPy) for the product, a Numba kernel for the rest ------------------------
+
+
+@functools.cache
+def _cupy():
+    """CuPy, or an ImportError that says what the cuBLAS products need."""
+    try:
+        import cupy
+        import cupy.cublas  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the cuBLAS products need CuPy ({e}): pip install 'gpubp[cuda]'") from None
+    return cupy
+
+
+def check_cublas() -> None:
+    """Raise ImportError now, not mid-epoch, if the *_cublas products cannot run (no CuPy)."""
+    if not numba.config.ENABLE_CUDASIM:
+        _cupy()
+
+
+def _gemm(transa: str, transb: str, a, b, out, alpha: float, stream=0) -> None:
+    """out = alpha op(a) op(b), op(x) = x or x^T ("N" or "T"): one cuBLAS GEMM on the arrays in place.
+
+    Numba's CUDA simulator has no cuBLAS: there numpy computes the same product on the host."""
+    if numba.config.ENABLE_CUDASIM:
+        op = {"N": lambda x: x.copy_to_host(), "T": lambda x: x.copy_to_host().T}
+        out.copy_to_device((alpha * (op[transa](a) @ op[transb](b))).astype(out.dtype))
+        return
+    cp = _cupy()
+    as_cupy = cp.asarray  # zero-copy views through __cuda_array_interface__
+    if stream == 0:  # the legacy default stream: CuPy's null stream, where Numba launches too
+        cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
+        return
+    with cp.cuda.ExternalStream(stream.handle.value):
+        cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
+
+
+def forward_cublas(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+    """Feedforward for one layer: Z = A_prev W^T by cuBLAS, then Z += b, A = f(Z) in one kernel."""
+    k = _kernels(Z.dtype)
+    _gemm("N", "T", A_prev, W, Z, 1.0, stream)
+    k.bias_activation[_grid2(Z.shape[0], Z.shape[1]), _BLOCK2, stream](Z, b, A, act)
+    if act == SOFTMAX:
+        k.softmax_rows[(Z.shape[0] + ROWS - 1) // ROWS or 1, ROWS, stream](Z, A)
+
+
+def hidden_error_cublas(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+    """BP2: Delta = Delta_next W_next by cuBLAS, then Delta ⊙= f'(Z) in one kernel."""
+    _gemm("N", "N", Delta_next, W_next, Delta, 1.0, stream)
+    _kernels(Delta.dtype).times_fprime[_grid2(Delta.shape[0], Delta.shape[1]), _BLOCK2, stream](Z, A, Delta, act)
+
+
+def weight_gradient_cublas(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+    """BP4: nabla_w = scale Delta^T A_prev, one cuBLAS GEMM (overwrites nabla_w)."""
+    _gemm("T", "N", Delta, A_prev, nabla_w, scale, stream)
+
+
 def forward_naive(A_prev, W, b, Z, A, act: int, stream=0) -> None:
     """Feedforward for one layer, one thread per output element (the reference for ``forward``)."""
     k = _kernels(Z.dtype)
@@ -779,6 +860,8 @@ def kernel_signatures() -> dict[str, list[tuple]]:
             "weight_gradient_naive": (M, M, numba.float64, M),
             "weight_gradient_tiled": (M, M, numba.float64, M),
             "weight_gradient_blocked": (M, M, numba.float64, M),
+            "bias_activation": (M, V, M, i64),
+            "times_fprime": (M, M, M, i64),
             "bias_gradient": (M, numba.float64, V),
             "sgd_update": (V, V, V, numba.float64, numba.float64, numba.float64),
             "gather_rows": (M, i64[::1], M),

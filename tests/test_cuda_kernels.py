@@ -32,9 +32,18 @@ ACT = activations.CODES
 LOSS = losses.CODES
 ELEMENTWISE = ["sigmoid", "tanh", "relu", "linear"]
 
-FORWARD = {"tiled": kc.forward_tiled, "naive": kc.forward_naive, "blocked": kc.forward_blocked}
-HIDDEN = {"tiled": kc.hidden_error_tiled, "naive": kc.hidden_error_naive, "blocked": kc.hidden_error_blocked}
-WEIGHT = {"tiled": kc.weight_gradient_tiled, "naive": kc.weight_gradient_naive, "blocked": kc.weight_gradient_blocked}
+FORWARD = {v: getattr(kc, f"forward_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
+HIDDEN = {v: getattr(kc, f"hidden_error_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
+WEIGHT = {v: getattr(kc, f"weight_gradient_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
+
+
+def needs(version: str) -> None:
+    """The *_cublas products need CuPy on a real GPU; the simulator computes their GEMM with numpy."""
+    if version == "cublas":
+        try:
+            kc.check_cublas()
+        except ImportError as e:
+            pytest.skip(str(e))
 
 
 @pytest.fixture
@@ -116,6 +125,7 @@ FORWARD_CASES = [((3, 17, 5), act) for act in ACT] + [
 @pytest.mark.parametrize("version", FORWARD)
 @pytest.mark.parametrize("shape,act", FORWARD_CASES)
 def test_forward(shape, act, version, dtype, rng):
+    needs(version)
     m, n_in, n_out = shape
     X, W, b = normal(rng, (m, n_in), dtype), normal(rng, (n_out, n_in), dtype), normal(rng, n_out, dtype)
     Z, A = poisoned((m, n_out), dtype), poisoned((m, n_out), dtype)
@@ -209,6 +219,7 @@ HIDDEN_CASES = [((3, 17, 5), act) for act in ELEMENTWISE] + [
 @pytest.mark.parametrize("version", HIDDEN)
 @pytest.mark.parametrize("shape,act", HIDDEN_CASES)
 def test_hidden_error(shape, act, version, dtype, rng):
+    needs(version)
     m, n_next, n = shape
     Dn, Wn, Zh = normal(rng, (m, n_next), dtype), normal(rng, (n_next, n), dtype), normal(rng, (m, n), dtype)
     Ah = ref.f(f64(Zh), act).astype(dtype)
@@ -230,6 +241,7 @@ WEIGHT_CASES = [(1, 1, 1), (3, 5, 17), (33, 17, 3), (17, 3, 33)]
 @pytest.mark.parametrize("version", WEIGHT)
 @pytest.mark.parametrize("shape", WEIGHT_CASES)
 def test_weight_gradient(shape, version, dtype, rng):
+    needs(version)
     m, n_out, n_in = shape
     D, Ap = normal(rng, (m, n_out), dtype), normal(rng, (m, n_in), dtype)
     nabla_w = poisoned((n_out, n_in), dtype)

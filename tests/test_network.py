@@ -96,17 +96,31 @@ def fused_kernel(request, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "path,fused_kernel",
-    [("layers", (2, 4096)), ("epoch", (1, 4096)), ("epoch", (2, 4096)), ("epoch", (2, 33))],
+    [("layers", (2, 4096)), ("cublas", (2, 4096)), ("epoch", (1, 4096)), ("epoch", (2, 4096)), ("epoch", (2, 33))],
     indirect=["fused_kernel"],
-    ids=["layers", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
+    ids=["layers", "cublas", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
 )
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel):
+    if path == "cublas":
+        from gpubp.kernels import cuda as kc
+
+        try:
+            kc.check_cublas()
+        except ImportError as e:
+            pytest.skip(str(e))
     a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01)
     b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
+
+
+def test_cublas_path_runs_on_cuda_only():
+    with pytest.raises(ValueError, match="path='cublas' runs on CUDA only"):
+        gpubp.Network([4, 3], device="cpu", path="cublas")
+    with pytest.raises(ValueError, match="unknown path 'fast'.*'cublas'"):
+        gpubp.Network([4, 3], device="cpu", path="fast")
 
 
 @pytest.mark.cuda
