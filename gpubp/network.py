@@ -434,7 +434,7 @@ class Network:
         if self.sizes[-1] == 1:
             a = self._schedule.predict(Xd)[:, 0]
             y = self._schedule.backend.to_host(Yd)[:, 0]
-            correct = int(((a > 0.5) == (y > 0.5)).sum())
+            correct = int((((a > 0.5) == (y > 0.5)) & ~np.isnan(a)).sum())
         return cost / n, correct / n
 
     def trace(self, x: Any, y: Any, lr: float = 0.5) -> dict[str, Any]:

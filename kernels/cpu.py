@@ -245,10 +245,12 @@ def count_nonfinite(P, out):
 
 @jit
 def count_correct(A, Y, correct):
-    """correct[0] += number of rows whose largest output is where Y's largest entry is."""
+    """correct[0] += number of rows whose largest output is where Y's largest entry is (the first
+    of equal maxima); a row with a NaN output never counts."""
     hits = 0
     for i in range(A.shape[0]):
-        if np.argmax(A[i]) == np.argmax(Y[i]):
+        k = np.argmax(A[i])  # the first NaN if the row has one
+        if k == np.argmax(Y[i]) and A[i, k] == A[i, k]:
             hits += 1
     correct[0] += hits
 

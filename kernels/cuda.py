@@ -387,16 +387,18 @@ def _build(T):
 
     @cuda.jit
     def count_correct(A, Y, correct):
-        """Accuracy: correct[0] += 1 for each row i with argmax A[i] == argmax Y[i] (first max wins)."""
+        """Accuracy: correct[0] += 1 for each row i with argmax A[i] == argmax Y[i] (first max wins);
+        a row with a NaN output never counts."""
         i = cuda.grid(1)
         if i < A.shape[0]:
-            a_best, y_best = 0, 0
+            a_best, y_best, nan = 0, 0, A[i, 0] != A[i, 0]
             for j in range(1, A.shape[1]):
+                nan = nan or A[i, j] != A[i, j]
                 if A[i, j] > A[i, a_best]:
                     a_best = j
                 if Y[i, j] > Y[i, y_best]:
                     y_best = j
-            if a_best == y_best:
+            if a_best == y_best and not nan:
                 cuda.atomic.add(correct, 0, 1)
 
     # ---- a whole epoch in one launch: the fused path ----------------------------------------

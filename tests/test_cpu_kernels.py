@@ -89,6 +89,11 @@ def test_counts_and_gather(rng):
     correct = np.array([0])
     cpu.count_correct(A, Y, correct)
     assert correct[0] == (A.argmax(1) == Y.argmax(1)).sum()
+    # A NaN output makes a row wrong, wherever it is (numpy's argmax would pick the first NaN).
+    nan_rows = np.array([[np.nan, 0.0, 1.0], [0.0, 1.0, np.nan], [1.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    correct[0] = 0
+    cpu.count_correct(nan_rows, ref.onehot(np.array([0, 1, 0, 1]), 3), correct)
+    assert correct[0] == 2
     idx = rng.permutation(20)[:7]
     dst = np.empty((7, 4))
     cpu.gather_rows(A, idx, dst)

@@ -319,6 +319,15 @@ def test_count_correct(m, n, dtype, rng):
     assert correct.copy_to_host()[0] == 2 + np.sum(np.argmax(A, axis=1) == np.argmax(Y, axis=1))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_count_correct_rows_with_nan_are_wrong(dtype):
+    A = np.array([[np.nan, 0, 1], [0, 1, np.nan], [1, 0, 0], [0, 2, 1], [np.nan, np.nan, np.nan]], dtype)
+    Y = np.eye(3, dtype=dtype)[[0, 1, 0, 1, 0]]
+    correct = cuda.to_device(np.zeros(1, np.int64))
+    kc.count_correct(cuda.to_device(A), cuda.to_device(Y), correct)
+    assert correct.copy_to_host()[0] == 2
+
+
 # ---- a whole training step on views of flat device buffers -----------------------------------
 
 

@@ -560,3 +560,15 @@ def test_auto_path_fuses_small_networks_on_cuda():
     assert gpubp.Network([4, 3], device="cpu").path == "epoch"
     with pytest.raises(ValueError, match="unknown path 'fast'"):
         gpubp.Network([4, 3], device="cpu", path="fast")
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_a_nan_output_is_never_correct(outputs):
+    """float32 overflow: z^1 = 1e30 x 1e10 = inf, so z^2 = inf - inf = NaN for every output."""
+    W = [np.array([[1e30], [1e30]]), np.array([[1.0, -1.0]] * outputs)]
+    b = [np.zeros(2), np.zeros(outputs)]
+    net = gpubp.Network.from_params(W, b, activation="linear", dtype="float32", device="cpu")
+    X = np.full((3, 1), 1e10)
+    assert np.isnan(net.predict(X)).all()
+    labels = np.zeros((3, 1)) if outputs == 1 else np.array([0, 1, 0])
+    assert net.evaluate(X, labels)["accuracy"] == 0
