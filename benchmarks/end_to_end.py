@@ -80,14 +80,14 @@ def make_peers(cfg: Config, data: Data, devices: list[str], notes: list[str], to
     ``cuda_paths``, gpubp-cuda also runs once per forced path (``peers_gpubp.cuda_variants``)."""
     weights, biases = peers_gpubp.initial_params(cfg)
     acts = cfg.layer_activations()
-    peers = []
+    peers, variants = [], []
     for dev in devices:
         g = peers_gpubp.GpubpMLP(cfg, weights, biases, device=dev)
         peers.append((g.name, g, lambda p=g: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
         if dev == "cuda" and cuda_paths:
             for path, version in peers_gpubp.cuda_variants(cfg):
                 g = peers_gpubp.GpubpMLP(cfg, weights, biases, device=dev, path=path, fused_version=version)
-                peers.append((g.name, g, lambda p=g: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
+                variants.append((g.name, g, lambda p=g: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
     if "cpu" in devices:
         n = NumpyMLP(weights, biases, acts, cfg.loss)
         peers.append((n.name, n, lambda p=n: p.epoch(data.X, data.Y, cfg.batch_size, cfg.lr)))
@@ -112,7 +112,9 @@ def make_peers(cfg: Config, data: Data, devices: list[str], notes: list[str], to
             notes.append(f"{cfg.name}: sklearn {differs}")
     elif "cpu" in devices:
         notes.append(f"sklearn skipped: {why}")
-    return peers
+    # The forced CUDA paths warm up last: one never run on a GPU before could leave a sticky CUDA
+    # error that would fail every peer after it.
+    return peers + variants
 
 
 def _timed(fn) -> float:

@@ -80,7 +80,7 @@ class GpubpMLP:
 
 def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     """(path, fused version) of the forced CUDA paths worth timing on ``cfg``: always the layers
-    path, and the cublas path when CuPy is installed; the fused kernels where they can run and
+    and graph paths, and the cublas path when CuPy is installed; the fused kernels where they can run and
     the batch's work is within 8x of the bound under which "auto" picks them (so the bound itself
     can be checked from both sides)."""
     from gpubp.kernels import cuda as kc
@@ -88,7 +88,7 @@ def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     from gpubp.schedule import FUSED_WORK
 
     n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))
-    out = [("layers", None)]
+    out = [("layers", None), ("graph", None)]
     try:
         kc.check_cublas()
         out.append(("cublas", None))

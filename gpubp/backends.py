@@ -60,6 +60,11 @@ class Backend:
     name: str
     kernels: ModuleType
 
+    @property
+    def simulated(self) -> bool:
+        """Whether "cuda" is Numba's CUDA simulator (kernels run as Python threads on the host)."""
+        return self.name == "cuda" and simulator_enabled()
+
     def to_device(self, array: np.ndarray) -> Any:
         if self.name == "cpu":
             return np.ascontiguousarray(array)

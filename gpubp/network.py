@@ -73,8 +73,8 @@ class Network:
     N(0, 1); ``"standard"`` draws both from N(0, 1). ``device`` is "auto" (CUDA on a real GPU,
     else the CPU kernels), "cuda" or "cpu". ``seed`` fixes the initial parameters and the
     shuffling: the same seed gives the same result on the CPU. ``path`` chooses how an epoch's
-    kernels are run ("auto", "layers", "epoch" or, on CUDA with CuPy, "cublas"; see
-    ``gpubp.schedule``): every path computes the same function.
+    kernels are run ("auto", "layers", "epoch", and on CUDA "graph" or, with CuPy, "cublas";
+    see ``gpubp.schedule``): every path computes the same function.
     """
 
     def __init__(
@@ -203,8 +203,9 @@ class Network:
 
     @property
     def path(self) -> str:
-        """ "epoch" (a whole epoch per call), "layers" (launches per layer), "cublas" (launches per
-        layer, products by cuBLAS) or "auto" (by batch size on CUDA)."""
+        """ "epoch" (a whole epoch per call), "layers" (launches per layer), "graph" (the layers
+        path's launches recorded as a CUDA graph and replayed), "cublas" (launches per layer,
+        products by cuBLAS) or "auto" (by batch size on CUDA)."""
         return self._schedule.path
 
     @property

@@ -21,6 +21,11 @@ device for the whole fit, and only the epoch's shuffled order is sent, once per 
   rest of its equation by a Numba kernel (``kernels.cuda.*_cublas``): the path for wide layers
   at large batches, if cuBLAS beats the register-blocked kernels there. Never picked by "auto"
   until a GPU measurement says where it wins.
+- ``"graph"`` (CUDA only): the layers path with its launches for GRAPH_BATCHES mini-batches
+  recorded once as a CUDA graph (cuda.core's GraphBuilder, which Numba launches into) and
+  replayed: one host call per GRAPH_BATCHES batches instead of about a dozen per batch. The
+  batch's position, lr, momentum and decay live in device memory, so the same graph replays
+  every batch of every epoch.
 ``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
 multiply-adds per layer pass and its layers fit the kernel's shared buffer
 (``kernels.cuda.fused_fits``), else "layers". That bound is a first guess, not yet measured on a GPU.
@@ -36,8 +41,9 @@ import numpy as np
 
 from .backends import Backend
 
-PATHS = ("auto", "layers", "epoch", "cublas")
+PATHS = ("auto", "layers", "epoch", "cublas", "graph")
 FUSED_WORK = 1 << 24  # CUDA "auto": batch_size * (number of weights) up to this runs fused
+GRAPH_BATCHES = 16  # mini-batches per recorded CUDA graph of the "graph" path
 
 
 @dataclass
@@ -75,6 +81,8 @@ class Schedule:
             )
         else:
             self.forward, self.hidden_error, self.weight_gradient = k.forward, k.hidden_error, k.weight_gradient
+        if path == "graph" and backend.name != "cuda":
+            raise ValueError("path='graph' records CUDA graphs and runs on CUDA only")
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
         self.acts_list, self.loss = list(acts), loss
@@ -99,6 +107,12 @@ class Schedule:
         self.W, self.b = self._layer_views(self.params)
         self.gW, self.gb = self._layer_views(self.nabla)
         self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
+        # The "graph" path's device-side state: the epoch's order, the position in it, (lr, momentum,
+        # decay) for the weights and the biases, and the recorded graph.
+        self._order: Any = None
+        self._offset = backend.zeros(1, np.int64)
+        self._hyper = (backend.zeros(3, np.float64), backend.zeros(3, np.float64))
+        self._graph: tuple | None = None
         self._views: dict[tuple[int, int], Views] = {}
 
     # -- buffers ------------------------------------------------------------------------------
@@ -134,17 +148,20 @@ class Schedule:
         return self._views[(cap, m)]
 
     # -- one batch, layer by layer ------------------------------------------------------------
-    def backprop_layers(self, v: Views, scale: float) -> None:
-        """Forward, BP1, then BP4/BP3 and BP2 down the layers: nabla = scale * sum_x dC_x/dp."""
+    def backprop_layers(self, v: Views, scale: float, stream: Any = 0) -> None:
+        """Forward, BP1, then BP4/BP3 and BP2 down the layers: nabla = scale * sum_x dC_x/dp.
+
+        ``stream`` (CUDA only): where to launch, e.g. a graph being recorded."""
         k, L, acts = self.k, self.L, self.acts_list
+        s = (stream,) if stream else ()
         for l in range(L):
-            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l])
-        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost)
+            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l], *s)
+        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost, *s)
         for l in reversed(range(L)):
-            self.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l])
-            k.bias_gradient(v.D[l + 1], scale, self.gb[l])
+            self.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l], *s)
+            k.bias_gradient(v.D[l + 1], scale, self.gb[l], *s)
             if l > 0:
-                self.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1])
+                self.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], *s)
 
     def update_layers(self, lr: float, momentum: float, decay: float) -> None:
         """SGD on all parameters: weights with weight decay, biases without."""
@@ -152,11 +169,78 @@ class Schedule:
         self.k.sgd_update(self.params[:nw], self.nabla[:nw], self.velocity[:nw], lr, momentum, decay)
         self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
 
+    # -- the layers path, recorded once as a CUDA graph and replayed ---------------------------------
+    def _graph_batches(self, X: Any, Y: Any, batch_size: int, stream: Any = 0) -> None:
+        """GRAPH_BATCHES full batches of the layers path, each starting where the device-side
+        offset points in the order buffer; the same launches every time, so recordable once."""
+        v, nw, k = self.views(batch_size, batch_size), self.n_weights, self.k
+        hyper_w, hyper_b = self._hyper
+        for _ in range(GRAPH_BATCHES):
+            k.gather_rows_at(X, self._order, self._offset, v.A[0], stream)
+            k.gather_rows_at(Y, self._order, self._offset, v.Y, stream)
+            k.advance(self._offset, batch_size, stream)
+            self.backprop_layers(v, 1.0 / batch_size, stream)
+            k.sgd_update_from(self.params[:nw], self.nabla[:nw], self.velocity[:nw], hyper_w, stream)
+            k.sgd_update_from(self.params[nw:], self.nabla[nw:], self.velocity[nw:], hyper_b, stream)
+
+    def _graph_for(self, X: Any, Y: Any, batch_size: int) -> Callable[[], None]:
+        """A function that runs ``_graph_batches``: a recorded CUDA graph on a GPU (recorded again
+        only for new X, Y or batch size); in Numba's simulator, which cannot record, the launches
+        themselves."""
+        buffers = self.buffers(batch_size)  # evaluate() may have swapped the work buffers since
+        key = (id(X), id(Y), batch_size, id(buffers))
+        if self._graph is not None and self._graph[0] == key:
+            return self._graph[1]
+        if self.backend.simulated:
+            replay = lambda: self._graph_batches(X, Y, batch_size)  # noqa: E731
+        else:
+            from cuda.core import Device, Stream
+
+            device = Device()
+            device.set_current()
+            builder = device.create_stream().create_graph_builder()
+            builder.begin_building("relaxed")  # Numba may load a module during the first launches
+            self._graph_batches(X, Y, batch_size, builder)
+            builder.end_building()
+            graph, null_stream = builder.complete(), Stream.from_handle(0)
+            replay = lambda: graph.launch(null_stream)  # noqa: E731  # the stream Numba launches on
+        self._graph = (key, replay, X, Y, buffers)  # what the graph reads stays alive with it
+        return replay
+
+    def _train_epoch_graph(
+        self, X: Any, Y: Any, order: np.ndarray, batch_size: int, lr: float, momentum: float, decay: float, progress
+    ) -> None:
+        """The epoch's full batches by replaying ``_graph_for``, GRAPH_BATCHES at a time; the rest
+        (fewer than GRAPH_BATCHES full batches and a last short one) launch by launch."""
+        n = len(order)
+        if self._order is None or self._order.shape[0] != n:
+            self._order, self._graph = self.backend.empty(n, np.int64), None
+        self.backend.copy(order.astype(np.int64), self._order)
+        self.backend.copy(np.zeros(1, np.int64), self._offset)
+        self.backend.copy(np.array([lr, momentum, decay]), self._hyper[0])
+        self.backend.copy(np.array([lr, momentum, 0.0]), self._hyper[1])
+        replays = n // batch_size // GRAPH_BATCHES
+        if replays:
+            replay = self._graph_for(X, Y, batch_size)
+            for r in range(replays):
+                replay()
+                if progress and (r + 1) % max(1, replays // 50) == 0:
+                    progress((r + 1) * GRAPH_BATCHES * batch_size, n)
+        for s in range(replays * GRAPH_BATCHES * batch_size, n, batch_size):
+            e = min(s + batch_size, n)
+            v = self.views(batch_size, e - s)
+            self.k.gather_rows(X, self._order[s:e], v.A[0])
+            self.k.gather_rows(Y, self._order[s:e], v.Y)
+            self.backprop_layers(v, 1.0 / (e - s))
+            self.update_layers(lr, momentum, decay)
+        if progress:
+            progress(n, n)
+
     # -- what the network asks for --------------------------------------------------------------
     def path_for(self, batch_size: int) -> str:
         """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
         cannot run it)."""
-        if self.path in ("layers", "cublas"):
+        if self.path in ("layers", "cublas", "graph"):
             return self.path
         fits = getattr(self.k, "fused_fits", None)
         fits = fits is None or fits(batch_size, self.sizes)
@@ -182,6 +266,9 @@ class Schedule:
         progress: Callable[[int, int], Any] | None = None,
     ) -> None:
         """Mini-batch SGD over the rows of X in ``order``; adds the batches' costs to ``cost``."""
+        if self.path == "graph":
+            self._train_epoch_graph(X, Y, order, batch_size, lr, momentum, decay, progress)
+            return
         n = len(order)
         order_d = self.backend.to_device(order.astype(np.int64))
         # Report progress a few dozen times an epoch, at batch boundaries.

@@ -362,6 +362,17 @@ def _build(T):
             velocity[k] = v
             P[k] = p + v
 
+    @cuda.jit
+    def sgd_update_from(P, nabla, velocity, hyper):
+        """sgd_update with (lr, momentum, decay) read from the device array ``hyper``, so a recorded
+        CUDA graph replays with this epoch's values."""
+        k = cuda.grid(1)
+        if k < P.shape[0]:
+            p = P[k]
+            v = T(hyper[1]) * velocity[k] - T(hyper[0]) * (nabla[k] + T(hyper[2]) * p)
+            velocity[k] = v
+            P[k] = p + v
+
     # ---- bookkeeping --------------------------------------------------------------------------
 
     @cuda.jit
@@ -373,6 +384,23 @@ def _build(T):
             i = t // n
             c = t - i * n
             dst[i, c] = src[idx[i], c]
+
+    @cuda.jit
+    def gather_rows_at(src, perm, offset, dst):
+        """gather_rows of the batch that starts at the device-side position offset[0] of perm:
+        dst[i, c] = src[perm[offset[0] + i], c], so a recorded CUDA graph gathers the next batch."""
+        t = cuda.grid(1)
+        n = dst.shape[1]
+        if t < dst.shape[0] * n:
+            i = t // n
+            c = t - i * n
+            dst[i, c] = src[perm[offset[0] + i], c]
+
+    @cuda.jit
+    def advance(offset, step):
+        """offset[0] += step: on to the next batch (one thread)."""
+        if cuda.grid(1) == 0:
+            offset[0] += step
 
     @cuda.jit
     def count_nonfinite(P, out):
@@ -802,6 +830,23 @@ def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, str
     )
 
 
+def sgd_update_from(P, nabla, velocity, hyper, stream=0) -> None:
+    """SGD on flat arrays with hyper = (lr, momentum, decay) on the device (float64)."""
+    _kernels(P.dtype).sgd_update_from[(P.shape[0] + FLAT - 1) // FLAT or 1, FLAT, stream](P, nabla, velocity, hyper)
+
+
+def gather_rows_at(src, perm, offset, dst, stream=0) -> None:
+    """dst[i] = src[perm[offset[0] + i]]: the batch at a position held on the device (int64[1])."""
+    _kernels(dst.dtype).gather_rows_at[(dst.shape[0] * dst.shape[1] + FLAT - 1) // FLAT or 1, FLAT, stream](
+        src, perm, offset, dst
+    )
+
+
+def advance(offset, step: int, stream=0) -> None:
+    """offset[0] += step on the device (offset: int64[1])."""
+    _build(numba.float32).advance[1, 1, stream](offset, step)  # no dtype of its own: any build has it
+
+
 def gather_rows(src, idx, dst, stream=0) -> None:
     """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
     _kernels(dst.dtype).gather_rows[(dst.shape[0] * dst.shape[1] + FLAT - 1) // FLAT or 1, FLAT, stream](src, idx, dst)
@@ -867,6 +912,9 @@ def kernel_signatures() -> dict[str, list[tuple]]:
             "bias_gradient": (M, numba.float64, V),
             "sgd_update": (V, V, V, numba.float64, numba.float64, numba.float64),
             "gather_rows": (M, i64[::1], M),
+            "gather_rows_at": (M, i64[::1], i64[::1], M),
+            "advance": (i64[::1], i64),
+            "sgd_update_from": (V, V, V, numba.float64[::1]),
             "count_nonfinite": (V, i64[::1]),
             "count_correct": (M, M, i64[::1]),
         }

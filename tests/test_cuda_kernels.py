@@ -269,11 +269,15 @@ def test_bias_gradient(shape, dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
 @pytest.mark.parametrize("n", [1, 17, 300])  # 300: two blocks of 256
-def test_sgd_update(n, dtype, rng):
+@pytest.mark.parametrize("from_device", [False, True], ids=["sgd_update", "sgd_update_from"])
+def test_sgd_update(n, dtype, from_device, rng):
     P, G, V = (normal(rng, n, dtype) for _ in range(3))
     dP, dV = cuda.to_device(P), cuda.to_device(V)
     lr, momentum, decay = 0.1, 0.9, 1e-3
-    kc.sgd_update(dP, cuda.to_device(G), dV, lr, momentum, decay)
+    if from_device:
+        kc.sgd_update_from(dP, cuda.to_device(G), dV, cuda.to_device(np.array([lr, momentum, decay])))
+    else:
+        kc.sgd_update(dP, cuda.to_device(G), dV, lr, momentum, decay)
 
     p, g, v = f64(P), f64(G), f64(V)
     v_new = momentum * v - lr * (g + decay * p)
@@ -290,6 +294,19 @@ def test_gather_rows(n_src, n_cols, m, dtype, rng):
     dst = poisoned((m, n_cols), dtype)
     kc.gather_rows(cuda.to_device(src), cuda.to_device(idx), dst)
     np.testing.assert_array_equal(dst.copy_to_host(), src[idx])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_gather_rows_at_a_device_side_offset_then_advance(dtype, rng):
+    src = normal(rng, (20, 7), dtype)
+    perm = rng.permutation(20).astype(np.int64)
+    offset = cuda.to_device(np.array([4], np.int64))
+    dst = poisoned((9, 7), dtype)
+    kc.gather_rows_at(cuda.to_device(src), cuda.to_device(perm), offset, dst)
+    np.testing.assert_array_equal(dst.copy_to_host(), src[perm[4:13]])
+    kc.advance(offset, 9)
+    kc.advance(offset, 9)
+    assert offset.copy_to_host()[0] == 22
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)

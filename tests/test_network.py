@@ -8,7 +8,7 @@ import pytest
 import reference as ref
 
 import gpubp
-from gpubp import backends
+from gpubp import backends, schedule
 
 
 def reference_step(net, X, Y, lr, acts):
@@ -96,12 +96,21 @@ def fused_kernel(request, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "path,fused_kernel",
-    [("layers", (2, 4096)), ("cublas", (2, 4096)), ("epoch", (1, 4096)), ("epoch", (2, 4096)), ("epoch", (2, 33))],
+    [
+        ("layers", (2, 4096)),
+        ("cublas", (2, 4096)),
+        ("graph", (2, 4096)),
+        ("epoch", (1, 4096)),
+        ("epoch", (2, 4096)),
+        ("epoch", (2, 33)),
+    ],
     indirect=["fused_kernel"],
-    ids=["layers", "cublas", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
+    ids=["layers", "cublas", "graph", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
 )
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel):
+def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel, monkeypatch):
+    # 23 rows in batches of 5: one replay of 3 batches, then one full and one short batch.
+    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
     if path == "cublas":
         from gpubp.kernels import cuda as kc
 
@@ -109,16 +118,18 @@ def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel):
             kc.check_cublas()
         except ImportError as e:
             pytest.skip(str(e))
-    a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01)
-    b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01)
+    a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
+    b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
 
 
-def test_cublas_path_runs_on_cuda_only():
+def test_cublas_and_graph_paths_run_on_cuda_only():
     with pytest.raises(ValueError, match="path='cublas' runs on CUDA only"):
         gpubp.Network([4, 3], device="cpu", path="cublas")
+    with pytest.raises(ValueError, match="path='graph' records CUDA graphs and runs on CUDA only"):
+        gpubp.Network([4, 3], device="cpu", path="graph")
     with pytest.raises(ValueError, match="unknown path 'fast'.*'cublas'"):
         gpubp.Network([4, 3], device="cpu", path="fast")
 
