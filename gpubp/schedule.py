@@ -163,6 +163,27 @@ class Schedule:
             if l > 0:
                 self.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], *s)
 
+    def _layers_batches(
+        self,
+        X: Any,
+        Y: Any,
+        order_d: Any,
+        start: int,
+        stop: int,
+        batch_size: int,
+        lr: float,
+        momentum: float,
+        decay: float,
+    ) -> None:
+        """Mini-batch SGD over rows order_d[start:stop] of X, batch by batch and launch by launch."""
+        for s in range(start, stop, batch_size):
+            e = min(s + batch_size, stop)
+            v = self.views(batch_size, e - s)
+            self.k.gather_rows(X, order_d[s:e], v.A[0])
+            self.k.gather_rows(Y, order_d[s:e], v.Y)
+            self.backprop_layers(v, 1.0 / (e - s))
+            self.update_layers(lr, momentum, decay)
+
     def update_layers(self, lr: float, momentum: float, decay: float) -> None:
         """SGD on all parameters: weights with weight decay, biases without."""
         nw = self.n_weights
@@ -226,13 +247,9 @@ class Schedule:
                 replay()
                 if progress and (r + 1) % max(1, replays // 50) == 0:
                     progress((r + 1) * GRAPH_BATCHES * batch_size, n)
-        for s in range(replays * GRAPH_BATCHES * batch_size, n, batch_size):
-            e = min(s + batch_size, n)
-            v = self.views(batch_size, e - s)
-            self.k.gather_rows(X, self._order[s:e], v.A[0])
-            self.k.gather_rows(Y, self._order[s:e], v.Y)
-            self.backprop_layers(v, 1.0 / (e - s))
-            self.update_layers(lr, momentum, decay)
+        self._layers_batches(
+            X, Y, self._order, replays * GRAPH_BATCHES * batch_size, n, batch_size, lr, momentum, decay
+        )
         if progress:
             progress(n, n)
 
@@ -302,13 +319,7 @@ class Schedule:
                     self.cost,
                 )
             else:
-                for s in range(start, stop, batch_size):
-                    e = min(s + batch_size, stop)
-                    v = self.views(batch_size, e - s)
-                    self.k.gather_rows(X, order_d[s:e], v.A[0])
-                    self.k.gather_rows(Y, order_d[s:e], v.Y)
-                    self.backprop_layers(v, 1.0 / (e - s))
-                    self.update_layers(lr, momentum, decay)
+                self._layers_batches(X, Y, order_d, start, stop, batch_size, lr, momentum, decay)
             if progress:
                 progress(stop, n)
 
