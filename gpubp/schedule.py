@@ -153,7 +153,7 @@ class Schedule:
 
         ``stream`` (CUDA only): where to launch, e.g. a graph being recorded."""
         k, L, acts = self.k, self.L, self.acts_list
-        s = (stream,) if stream else ()
+        s = () if isinstance(stream, int) and stream == 0 else (stream,)  # the CPU kernels take no stream
         for l in range(L):
             self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l], *s)
         k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost, *s)
