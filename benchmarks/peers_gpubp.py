@@ -80,20 +80,24 @@ class GpubpMLP:
 
 def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     """(path, fused version) of the forced CUDA paths worth timing on ``cfg``: always the layers
-    and graph paths, and the cublas path when CuPy is installed; the fused kernels where they can run and
-    the batch's work is within 8x of the bound under which "auto" picks them (so the bound itself
+    path; the graph path where numba-cuda can record graphs; the cublas path where CuPy is
+    installed and batches have 128 rows or more; the fused kernels where they can run and the
+    batch's work is within 8x of the bound under which "auto" picks them (so the bound itself
     can be checked from both sides)."""
     from gpubp.kernels import cuda as kc
 
     from gpubp.schedule import FUSED_WORK
 
     n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))
-    out = [("layers", None), ("graph", None)]
-    try:
-        kc.check_cublas()
-        out.append(("cublas", None))
-    except ImportError:
-        pass
+    out = [("layers", None)]
+    for path, check in (("graph", kc.check_graphs), ("cublas", kc.check_cublas)):
+        if path == "cublas" and cfg.batch_size < 128:  # a GEMM call per product: not for tiny batches
+            continue
+        try:
+            check()
+            out.append((path, None))
+        except ImportError:
+            pass
     if kc.fused_fits(cfg.batch_size, cfg.sizes) and cfg.batch_size * n_weights <= 8 * FUSED_WORK:
         out += [("epoch", 1), ("epoch", 2)]
     return out

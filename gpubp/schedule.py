@@ -81,8 +81,10 @@ class Schedule:
             )
         else:
             self.forward, self.hidden_error, self.weight_gradient = k.forward, k.hidden_error, k.weight_gradient
-        if path == "graph" and backend.name != "cuda":
-            raise ValueError("path='graph' records CUDA graphs and runs on CUDA only")
+        if path == "graph":
+            if backend.name != "cuda":
+                raise ValueError("path='graph' records CUDA graphs and runs on CUDA only")
+            k.check_graphs()
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
         self.acts_list, self.loss = list(acts), loss

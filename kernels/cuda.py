@@ -721,6 +721,16 @@ def check_cublas() -> None:
         _cupy()
 
 
+def check_graphs() -> None:
+    """Raise ImportError now, not mid-epoch, if this numba-cuda cannot launch into a CUDA graph
+    being recorded (cuda.core's GraphBuilder as a launch's stream)."""
+    if not numba.config.ENABLE_CUDASIM:
+        try:
+            from numba.cuda.cudadrv.driver import GraphBuilder  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"recording CUDA graphs needs numba-cuda 0.2x or later with cuda.core ({e})") from None
+
+
 def _gemm(transa: str, transb: str, a, b, out, alpha: float, stream=0) -> None:
     """out = alpha op(a) op(b), op(x) = x or x^T ("N" or "T"): one cuBLAS GEMM on the arrays in place.
 
