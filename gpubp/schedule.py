@@ -126,14 +126,23 @@ class Schedule:
         return ws, bs
 
     def buffers(self, cap: int) -> tuple[Any, Any, Any, Any]:
-        """Flat work buffers (A, Z, Delta, Y) for batches of up to ``cap`` rows."""
+        """Flat work buffers (A, Z, Delta, Y) for batches of up to ``cap`` rows.
+
+        Two sizes are kept, training's and evaluation's, so a fit with validation does not
+        allocate (and the graph path does not record) again every epoch."""
         if cap not in self._buffers:
+            if len(self._buffers) == 2:
+                oldest = next(iter(self._buffers))
+                del self._buffers[oldest]
+                self._views = {key: v for key, v in self._views.items() if key[0] != oldest}
             n = cap * int(self.units[-1])
             e = self.backend.empty
-            self._buffers = {
-                cap: (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype), e(cap * self.sizes[-1], self.dtype))
-            }
-            self._views = {}
+            self._buffers[cap] = (
+                e(n, self.dtype),
+                e(n, self.dtype),
+                e(n, self.dtype),
+                e(cap * self.sizes[-1], self.dtype),
+            )
         return self._buffers[cap]
 
     def views(self, cap: int, m: int) -> Views:

@@ -583,3 +583,15 @@ def test_a_nan_output_is_never_correct(outputs):
     assert np.isnan(net.predict(X)).all()
     labels = np.zeros((3, 1)) if outputs == 1 else np.array([0, 1, 0])
     assert net.evaluate(X, labels)["accuracy"] == 0
+
+
+@pytest.mark.cuda
+def test_graph_path_records_once_per_fit_even_with_validation(rng, monkeypatch):
+    """Evaluating the validation set between epochs must not evict the buffers the graph reads."""
+    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 2)
+    X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
+    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    graphs = []
+    net.fit(X, labels, epochs=3, batch_size=5, validation=(X[:7], labels[:7]),
+            callback=lambda epoch, record: graphs.append(net._schedule._graph))  # fmt: skip
+    assert graphs[0] is not None and all(g is graphs[0] for g in graphs)
