@@ -73,7 +73,8 @@ class Network:
     N(0, 1); ``"standard"`` draws both from N(0, 1). ``device`` is "auto" (CUDA on a real GPU,
     else the CPU kernels), "cuda" or "cpu". ``seed`` fixes the initial parameters and the
     shuffling: the same seed gives the same result on the CPU. ``path`` chooses how an epoch's
-    kernels are run ("auto", "layers", "epoch", and on CUDA "graph" or, with CuPy, "cublas";
+    kernels are run ("auto", "layers", "epoch", and on CUDA "graph" or, with CuPy, "cublas" and
+    "cublas-graph";
     see ``gpubp.schedule``): every path computes the same function.
     """
 
@@ -205,7 +206,8 @@ class Network:
     def path(self) -> str:
         """ "epoch" (a whole epoch per call), "layers" (launches per layer), "graph" (the layers
         path's launches recorded as a CUDA graph and replayed), "cublas" (launches per layer,
-        products by cuBLAS) or "auto" (by batch size on CUDA)."""
+        products by cuBLAS), "cublas-graph" (the cublas path recorded and replayed) or "auto"
+        (by batch size on CUDA)."""
         return self._schedule.path
 
     @property
@@ -271,11 +273,16 @@ class Network:
             )
 
     def _targets(self, Y: Any, n: int, name: str = "Y") -> Any:
-        """Y as (n, sizes[-1]) targets on the device; integer labels (n,) are one-hot encoded."""
+        """Y as (n, sizes[-1]) targets on the device; integer labels (n,) are one-hot encoded.
+
+        Targets already on the GPU in the network's dtype are checked on a host copy (they are
+        small) and then used in place, so repeated fits on the same arrays reuse a recorded graph."""
+        on_gpu = None
         if _is_device_array(Y):
             from numba import cuda
 
-            Y = cuda.as_cuda_array(Y).copy_to_host()  # labels/targets are small: checked on the host
+            on_gpu = cuda.as_cuda_array(Y)
+            Y = on_gpu.copy_to_host()
         Y = np.asarray(Y)
         k = self.sizes[-1]
         if Y.ndim == 0 or len(Y) != n:
@@ -305,6 +312,8 @@ class Network:
             raise ValueError(f"{name}: {self.loss} needs targets in [0, 1]")
         if self.loss == "log_likelihood" and not np.allclose(Y.sum(axis=1), 1, atol=1e-5):
             raise ValueError(f"{name}: log_likelihood needs each target row to sum to 1 (one-hot or probabilities)")
+        if on_gpu is not None and self.device == "cuda" and on_gpu.dtype == self.dtype and on_gpu.is_c_contiguous():
+            return on_gpu.reshape(Y.shape)  # a 1-D target vector of a one-output network becomes (n, 1)
         return self._backend.to_device(Y)
 
     # -- the API ------------------------------------------------------------------------------------

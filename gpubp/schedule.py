@@ -26,6 +26,9 @@ device for the whole fit, and only the epoch's shuffled order is sent, once per 
   replayed: one host call per GRAPH_BATCHES batches instead of about a dozen per batch. The
   batch's position, lr, momentum and decay live in device memory, so the same graph replays
   every batch of every epoch.
+- ``"cublas-graph"`` (CUDA only, CuPy): the cublas path recorded and replayed like "graph": the
+  products by cuBLAS with no host time per batch, for wide layers whose epochs the cublas path's
+  host calls (a GEMM call and CuPy views per product) would otherwise bound.
 ``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
 multiply-adds per layer pass and its layers fit the kernel's shared buffer
 (``kernels.cuda.fused_fits``), else "layers". That bound is a first guess, not yet measured on a GPU.
@@ -41,9 +44,17 @@ import numpy as np
 
 from .backends import Backend
 
-PATHS = ("auto", "layers", "epoch", "cublas", "graph")
+PATHS = ("auto", "layers", "epoch", "cublas", "graph", "cublas-graph")
+RECORDED = ("graph", "cublas-graph")  # the paths that replay a recorded CUDA graph
 FUSED_WORK = 1 << 24  # CUDA "auto": batch_size * (number of weights) up to this runs fused
 GRAPH_BATCHES = 16  # mini-batches per recorded CUDA graph of the "graph" path
+
+
+def _address(array: Any) -> int:
+    """Where a device array's data starts: two wrappers of the same memory (``_inputs`` makes a new
+    one each fit) give the same address. Numba's simulator has no addresses: there, the id."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    return interface["data"][0] if interface else id(array)
 
 
 @dataclass
@@ -68,10 +79,10 @@ class Schedule:
             path = "epoch"
         self.backend, self.k, self.path = backend, backend.kernels, path
         k = self.k
-        if path == "cublas":
+        if path in ("cublas", "cublas-graph"):
             if backend.name != "cuda":
                 raise ValueError(
-                    "path='cublas' runs on CUDA only; on the CPU the products already call BLAS from 32 rows up"
+                    f"path={path!r} runs on CUDA only; on the CPU the products already call BLAS from 32 rows up"
                 )
             k.check_cublas()
             self.forward, self.hidden_error, self.weight_gradient = (
@@ -81,9 +92,9 @@ class Schedule:
             )
         else:
             self.forward, self.hidden_error, self.weight_gradient = k.forward, k.hidden_error, k.weight_gradient
-        if path == "graph":
+        if path in RECORDED:
             if backend.name != "cuda":
-                raise ValueError("path='graph' records CUDA graphs and runs on CUDA only")
+                raise ValueError(f"path={path!r} records CUDA graphs and runs on CUDA only")
             k.check_graphs()
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
@@ -215,14 +226,28 @@ class Schedule:
             k.sgd_update_from(self.params[:nw], self.nabla[:nw], self.velocity[:nw], hyper_w, stream)
             k.sgd_update_from(self.params[nw:], self.nabla[nw:], self.velocity[nw:], hyper_b, stream)
 
+    def _warm_up(self, X: Any, Y: Any, batch_size: int) -> None:
+        """The next batch's gather and backprop_layers, run directly before a recording: every
+        kernel's module (and cuBLAS's, on the cublas-graph path) is then loaded outside the
+        recording. No update runs; the work buffers and nabla it writes are overwritten by the
+        first replay, and the cost it adds is taken back."""
+        v, k = self.views(batch_size, batch_size), self.k
+        cost = self.backend.empty(1, np.float64)
+        self.backend.copy(self.cost, cost)
+        k.gather_rows_at(X, self._order, self._offset, v.A[0])
+        k.gather_rows_at(Y, self._order, self._offset, v.Y)
+        self.backprop_layers(v, 1.0 / batch_size)
+        self.backend.copy(cost, self.cost)
+
     def _graph_for(self, X: Any, Y: Any, batch_size: int) -> Callable[[], None]:
         """A function that runs ``_graph_batches``: a recorded CUDA graph on a GPU (recorded again
-        only for new X, Y or batch size); in Numba's simulator, which cannot record, the launches
-        themselves."""
+        only for other X or Y memory, or another batch size); in Numba's simulator, which cannot
+        record, the launches themselves."""
         buffers = self.buffers(batch_size)  # evaluate() may have swapped the work buffers since
-        key = (id(X), id(Y), batch_size, id(buffers))
+        key = (_address(X), X.shape, _address(Y), Y.shape, batch_size, id(buffers))
         if self._graph is not None and self._graph[0] == key:
             return self._graph[1]
+        self._warm_up(X, Y, batch_size)
         if self.backend.simulated:
             replay = lambda: self._graph_batches(X, Y, batch_size)  # noqa: E731
         else:
@@ -268,7 +293,7 @@ class Schedule:
     def path_for(self, batch_size: int) -> str:
         """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
         cannot run it)."""
-        if self.path in ("layers", "cublas", "graph"):
+        if self.path != "auto" and self.path != "epoch":
             return self.path
         fits = getattr(self.k, "fused_fits", None)
         fits = fits is None or fits(batch_size, self.sizes)
@@ -294,7 +319,7 @@ class Schedule:
         progress: Callable[[int, int], Any] | None = None,
     ) -> None:
         """Mini-batch SGD over the rows of X in ``order``; adds the batches' costs to ``cost``."""
-        if self.path == "graph":
+        if self.path in RECORDED:
             self._train_epoch_graph(X, Y, order, batch_size, lr, momentum, decay, progress)
             return
         n = len(order)

@@ -731,20 +731,34 @@ def check_graphs() -> None:
             raise ImportError(f"recording CUDA graphs needs numba-cuda 0.2x or later with cuda.core ({e})") from None
 
 
+def stream_pointer(stream) -> int:
+    """The CUstream address of a launch's ``stream``: 0 (the legacy default stream), a Numba
+    stream, a cuda.core Stream, or a cuda.core GraphBuilder (recording from its own stream)."""
+    if isinstance(stream, int):
+        return stream
+    stream = getattr(stream, "stream", stream)  # a GraphBuilder: the stream being recorded
+    handle = stream.handle
+    return 0 if handle is None else int(handle)  # CUstream objects convert with int(), not .value
+
+
 def _gemm(transa: str, transb: str, a, b, out, alpha: float, stream=0) -> None:
     """out = alpha op(a) op(b), op(x) = x or x^T ("N" or "T"): one cuBLAS GEMM on the arrays in place.
 
-    Numba's CUDA simulator has no cuBLAS: there numpy computes the same product on the host."""
+    On C-contiguous operands CuPy calls cuBLAS with no temporary array (it computes out^T in
+    column-major order), so the call can be recorded into a CUDA graph; alpha is a host scalar,
+    which a recording keeps. Numba's CUDA simulator has no cuBLAS: there numpy computes the same
+    product on the host."""
     if numba.config.ENABLE_CUDASIM:
         op = {"N": lambda x: x.copy_to_host(), "T": lambda x: x.copy_to_host().T}
         out.copy_to_device((alpha * (op[transa](a) @ op[transb](b))).astype(out.dtype))
         return
     cp = _cupy()
     as_cupy = cp.asarray  # zero-copy views through __cuda_array_interface__
-    if stream == 0:  # the legacy default stream: CuPy's null stream, where Numba launches too
+    pointer = stream_pointer(stream)
+    if pointer == 0:  # the legacy default stream: CuPy's null stream, where Numba launches too
         cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
         return
-    with cp.cuda.ExternalStream(stream.handle.value):
+    with cp.cuda.ExternalStream(pointer):
         cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
 
 

@@ -309,6 +309,19 @@ def test_gather_rows_at_a_device_side_offset_then_advance(dtype, rng):
     assert offset.copy_to_host()[0] == 22
 
 
+def test_stream_pointer_of_every_kind_of_launch_stream():
+    """cuBLAS is told the stream a launch is on: 0, or the address inside a Numba or cuda.core
+    stream's CUstream handle, or that of the stream a cuda.core GraphBuilder records from."""
+    driver = pytest.importorskip("cuda.bindings.driver")
+    from types import SimpleNamespace
+
+    stream = SimpleNamespace(handle=driver.CUstream(0x7F00))  # Numba's Stream and cuda.core's both hold one
+    assert kc.stream_pointer(0) == 0
+    assert kc.stream_pointer(stream) == 0x7F00
+    assert kc.stream_pointer(SimpleNamespace(stream=stream)) == 0x7F00  # a GraphBuilder
+    assert kc.stream_pointer(SimpleNamespace(handle=None)) == 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
 @pytest.mark.parametrize("n,blocks", [(1, None), (300, None), (600, 1)])  # 1 block: the grid-stride loop
 def test_count_nonfinite(n, blocks, dtype, rng, monkeypatch):

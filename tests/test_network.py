@@ -100,18 +100,19 @@ def fused_kernel(request, monkeypatch):
         ("layers", (2, 4096)),
         ("cublas", (2, 4096)),
         ("graph", (2, 4096)),
+        ("cublas-graph", (2, 4096)),
         ("epoch", (1, 4096)),
         ("epoch", (2, 4096)),
         ("epoch", (2, 33)),
     ],
     indirect=["fused_kernel"],
-    ids=["layers", "cublas", "graph", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
+    ids=["layers", "cublas", "graph", "cublas-graph", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
 )
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel, monkeypatch):
     # 23 rows in batches of 5: one replay of 3 batches, then one full and one short batch.
     monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
-    if path == "cublas":
+    if "cublas" in path:
         from gpubp.kernels import cuda as kc
 
         try:
@@ -130,6 +131,8 @@ def test_cublas_and_graph_paths_run_on_cuda_only():
         gpubp.Network([4, 3], device="cpu", path="cublas")
     with pytest.raises(ValueError, match="path='graph' records CUDA graphs and runs on CUDA only"):
         gpubp.Network([4, 3], device="cpu", path="graph")
+    with pytest.raises(ValueError, match="path='cublas-graph' runs on CUDA only"):
+        gpubp.Network([4, 3], device="cpu", path="cublas-graph")
     with pytest.raises(ValueError, match="unknown path 'fast'.*'cublas'"):
         gpubp.Network([4, 3], device="cpu", path="fast")
 
@@ -507,6 +510,32 @@ def test_gpu_arrays_are_used_in_place(rng):
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         gpubp.Network([6, 5, 3], device="cuda").fit(cuda.to_device(bad), labels)
+
+
+@pytest.mark.cuda
+def test_gpu_targets_are_used_in_place_and_a_graph_serves_every_fit_on_them(rng, monkeypatch):
+    """Fits on the same GPU arrays (each fit wraps them anew) replay one recording, and train as
+    host arrays do."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        pytest.skip("the CUDA simulator has no __cuda_array_interface__; runs on a real GPU")
+    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 2)
+    X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
+    Y = np.eye(3)[labels]
+    X_gpu, Y_gpu = cuda.to_device(X), cuda.to_device(Y)
+    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    used = net._targets(Y_gpu, 23)
+    assert used.__cuda_array_interface__["data"][0] == Y_gpu.__cuda_array_interface__["data"][0]
+    net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
+    graph = net._schedule._graph
+    net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
+    assert graph is not None and net._schedule._graph is graph
+    host = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    host.fit(X, labels, epochs=1, batch_size=5)
+    host.fit(X, labels, epochs=1, batch_size=5)
+    for a, b in zip(net.weights + net.biases, host.weights + host.biases):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_training_recovers_after_divergence(rng):
