@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cuda-paths",
         action="store_true",
-        help="also time gpubp-cuda with each path forced (layers, graph, cublas, fused v1, v2) beside 'auto'",
+        help="also time gpubp-cuda with each path forced (layers, graph, cublas, cublas-graph, fused v1, v2) "
+        "beside 'auto'",
     )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = ap.parse_args(argv)

@@ -23,7 +23,8 @@ device for the whole fit, and only the epoch's shuffled order is sent, once per 
   until a GPU measurement says where it wins.
 - ``"graph"`` (CUDA only): the layers path with its launches for GRAPH_BATCHES mini-batches
   recorded once as a CUDA graph (cuda.core's GraphBuilder, which Numba launches into) and
-  replayed: one host call per GRAPH_BATCHES batches instead of about a dozen per batch. The
+  replayed: one host call per GRAPH_BATCHES batches instead of about a dozen per batch (a
+  second recording replays the epoch's last full batches, fewer than GRAPH_BATCHES). The
   batch's position, lr, momentum and decay live in device memory, so the same graph replays
   every batch of every epoch.
 - ``"cublas-graph"`` (CUDA only, CuPy): the cublas path recorded and replayed like "graph": the
@@ -125,7 +126,7 @@ class Schedule:
         self._order: Any = None
         self._offset = backend.zeros(1, np.int64)
         self._hyper = (backend.zeros(3, np.float64), backend.zeros(3, np.float64))
-        self._graph: tuple | None = None
+        self._graphs: dict[int, tuple] = {}  # batches per replay -> (key, replay, what it reads)
         self._views: dict[tuple[int, int], Views] = {}
 
     # -- buffers ------------------------------------------------------------------------------
@@ -213,12 +214,12 @@ class Schedule:
         self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
 
     # -- the layers path, recorded once as a CUDA graph and replayed ---------------------------------
-    def _graph_batches(self, X: Any, Y: Any, batch_size: int, stream: Any = 0) -> None:
-        """GRAPH_BATCHES full batches of the layers path, each starting where the device-side
+    def _graph_batches(self, X: Any, Y: Any, batch_size: int, batches: int, stream: Any = 0) -> None:
+        """``batches`` full batches of the layers path, each starting where the device-side
         offset points in the order buffer; the same launches every time, so recordable once."""
         v, nw, k = self.views(batch_size, batch_size), self.n_weights, self.k
         hyper_w, hyper_b = self._hyper
-        for _ in range(GRAPH_BATCHES):
+        for _ in range(batches):
             k.gather_rows_at(X, self._order, self._offset, v.A[0], stream)
             k.gather_rows_at(Y, self._order, self._offset, v.Y, stream)
             k.advance(self._offset, batch_size, stream)
@@ -239,17 +240,18 @@ class Schedule:
         self.backprop_layers(v, 1.0 / batch_size)
         self.backend.copy(cost, self.cost)
 
-    def _graph_for(self, X: Any, Y: Any, batch_size: int) -> Callable[[], None]:
+    def _graph_for(self, X: Any, Y: Any, batch_size: int, batches: int) -> Callable[[], None]:
         """A function that runs ``_graph_batches``: a recorded CUDA graph on a GPU (recorded again
         only for other X or Y memory, or another batch size); in Numba's simulator, which cannot
         record, the launches themselves."""
         buffers = self.buffers(batch_size)  # evaluate() may have swapped the work buffers since
         key = (_address(X), X.shape, _address(Y), Y.shape, batch_size, id(buffers))
-        if self._graph is not None and self._graph[0] == key:
-            return self._graph[1]
+        recorded = self._graphs.get(batches)
+        if recorded is not None and recorded[0] == key:
+            return recorded[1]
         self._warm_up(X, Y, batch_size)
         if self.backend.simulated:
-            replay = lambda: self._graph_batches(X, Y, batch_size)  # noqa: E731
+            replay = lambda: self._graph_batches(X, Y, batch_size, batches)  # noqa: E731
         else:
             from cuda.core import Device, Stream
 
@@ -257,35 +259,37 @@ class Schedule:
             device.set_current()
             builder = device.create_stream().create_graph_builder()
             builder.begin_building("relaxed")  # Numba may load a module during the first launches
-            self._graph_batches(X, Y, batch_size, builder)
+            self._graph_batches(X, Y, batch_size, batches, builder)
             builder.end_building()
             graph, null_stream = builder.complete(), Stream.from_handle(0)
             replay = lambda: graph.launch(null_stream)  # noqa: E731  # the stream Numba launches on
-        self._graph = (key, replay, X, Y, buffers)  # what the graph reads stays alive with it
+        self._graphs[batches] = (key, replay, X, Y, buffers)  # what the graph reads stays alive with it
         return replay
 
     def _train_epoch_graph(
         self, X: Any, Y: Any, order: np.ndarray, batch_size: int, lr: float, momentum: float, decay: float, progress
     ) -> None:
-        """The epoch's full batches by replaying ``_graph_for``, GRAPH_BATCHES at a time; the rest
-        (fewer than GRAPH_BATCHES full batches and a last short one) launch by launch."""
+        """The epoch's full batches by replaying ``_graph_for``: GRAPH_BATCHES at a time, then the
+        rest of them from a second recording; a last short batch launch by launch."""
         n = len(order)
         if self._order is None or self._order.shape[0] != n:
-            self._order, self._graph = self.backend.empty(n, np.int64), None
+            self._order = self.backend.empty(n, np.int64)
+            self._graphs.clear()
         self.backend.copy(order.astype(np.int64), self._order)
         self.backend.copy(np.zeros(1, np.int64), self._offset)
         self.backend.copy(np.array([lr, momentum, decay]), self._hyper[0])
         self.backend.copy(np.array([lr, momentum, 0.0]), self._hyper[1])
-        replays = n // batch_size // GRAPH_BATCHES
+        full = n // batch_size
+        replays, rest = divmod(full, GRAPH_BATCHES)
         if replays:
-            replay = self._graph_for(X, Y, batch_size)
+            replay = self._graph_for(X, Y, batch_size, GRAPH_BATCHES)
             for r in range(replays):
                 replay()
                 if progress and (r + 1) % max(1, replays // 50) == 0:
                     progress((r + 1) * GRAPH_BATCHES * batch_size, n)
-        self._layers_batches(
-            X, Y, self._order, replays * GRAPH_BATCHES * batch_size, n, batch_size, lr, momentum, decay
-        )
+        if rest:
+            self._graph_for(X, Y, batch_size, rest)()
+        self._layers_batches(X, Y, self._order, full * batch_size, n, batch_size, lr, momentum, decay)
         if progress:
             progress(n, n)
 

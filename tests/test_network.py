@@ -110,7 +110,7 @@ def fused_kernel(request, monkeypatch):
 )
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel, monkeypatch):
-    # 23 rows in batches of 5: one replay of 3 batches, then one full and one short batch.
+    # 23 rows in batches of 5: one replay of 3 batches, one of the 4th, then a short batch.
     monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
     if "cublas" in path:
         from gpubp.kernels import cuda as kc
@@ -528,9 +528,9 @@ def test_gpu_targets_are_used_in_place_and_a_graph_serves_every_fit_on_them(rng,
     used = net._targets(Y_gpu, 23)
     assert used.__cuda_array_interface__["data"][0] == Y_gpu.__cuda_array_interface__["data"][0]
     net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
-    graph = net._schedule._graph
+    graphs = dict(net._schedule._graphs)
     net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
-    assert graph is not None and net._schedule._graph is graph
+    assert set(graphs) == {2} and net._schedule._graphs[2] is graphs[2]  # 4 full batches: 2 replays of 2
     host = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
     host.fit(X, labels, epochs=1, batch_size=5)
     host.fit(X, labels, epochs=1, batch_size=5)
@@ -616,11 +616,12 @@ def test_a_nan_output_is_never_correct(outputs):
 
 @pytest.mark.cuda
 def test_graph_path_records_once_per_fit_even_with_validation(rng, monkeypatch):
-    """Evaluating the validation set between epochs must not evict the buffers the graph reads."""
-    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 2)
+    """Evaluating the validation set between epochs must not evict the buffers the graphs read."""
+    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
     X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
     net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
     graphs = []
     net.fit(X, labels, epochs=3, batch_size=5, validation=(X[:7], labels[:7]),
-            callback=lambda epoch, record: graphs.append(net._schedule._graph))  # fmt: skip
-    assert graphs[0] is not None and all(g is graphs[0] for g in graphs)
+            callback=lambda epoch, record: graphs.append(dict(net._schedule._graphs)))  # fmt: skip
+    assert set(graphs[0]) == {3, 1}  # 4 full batches: a replay of 3, then one of the last full batch
+    assert all(g[b] is graphs[0][b] for g in graphs for b in (3, 1))
