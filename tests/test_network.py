@@ -615,6 +615,46 @@ def test_a_nan_output_is_never_correct(outputs):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("path", ["graph", "cublas-graph"])
+def test_every_launch_of_a_recording_goes_to_the_recording_stream(path, rng, monkeypatch):
+    """A launch (or GEMM) that forgot the stream would run once while recording, not be recorded,
+    and silently be missing from every replay; the simulator, which records nothing, cannot show
+    that by results, so this spies on the stream each launch is given."""
+    from numba import config
+
+    if not config.ENABLE_CUDASIM:
+        pytest.skip("spies on the simulator's kernel launches")
+    from gpubp.kernels import cuda as kc
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    X, labels = rng.standard_normal((12, 6)), rng.integers(0, 3, 12)
+    net = gpubp.Network([6, 5, 4, 3], activation="tanh", output_activation="softmax", loss="log_likelihood",
+                        dtype="float64", device="cuda", path=path)  # fmt: skip
+    s = net._schedule
+    Xd, Yd = net._inputs(X), net._targets(labels, 12)
+    s._order = s.backend.to_device(np.arange(12, dtype=np.int64))
+
+    streams = []
+    launch, gemm = FakeCUDAKernel.__getitem__, kc._gemm
+
+    def spy_launch(kernel, configuration):
+        streams.append(configuration[2] if len(configuration) > 2 else 0)
+        return launch(kernel, configuration)
+
+    def spy_gemm(*args):
+        streams.append(args[6] if len(args) > 6 else 0)
+        gemm(*args)
+
+    monkeypatch.setattr(FakeCUDAKernel, "__getitem__", spy_launch)
+    monkeypatch.setattr(kc, "_gemm", spy_gemm)
+    recording = object()
+    s._graph_batches(Xd, Yd, 4, 2, recording)
+    # per batch: 2 gathers, advance, 3 forwards and a softmax, BP1, 3 x (BP4, BP3), 2 BP2, 2 updates
+    assert len(streams) >= 2 * 18
+    assert all(stream is recording for stream in streams)
+
+
+@pytest.mark.cuda
 def test_graph_path_records_once_per_fit_even_with_validation(rng, monkeypatch):
     """Evaluating the validation set between epochs must not evict the buffers the graphs read."""
     monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
