@@ -130,7 +130,8 @@ def device_report() -> dict[str, Any]:
             return "not installed"
 
     report: dict[str, Any] = {
-        name: version(name) for name in ("gpubp", "numba", "numba-cuda", "numpy", "cupy", "cupy-cuda12x")
+        name: version(name)
+        for name in ("gpubp", "numba", "numba-cuda", "numpy", "cupy", "cupy-cuda12x", "cupy-cuda13x")
     }
     usable, reason = cuda_status()
     report["cuda_usable"] = usable
