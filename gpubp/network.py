@@ -74,8 +74,7 @@ class Network:
     else the CPU kernels), "cuda" or "cpu". ``seed`` fixes the initial parameters and the
     shuffling: the same seed gives the same result on the CPU. ``path`` chooses how an epoch's
     kernels are run ("auto", "layers", "epoch", and on CUDA "graph" or, with CuPy, "cublas" and
-    "cublas-graph";
-    see ``gpubp.schedule``): every path computes the same function.
+    "cublas-graph"; see ``gpubp.schedule``): every path computes the same function.
     """
 
     def __init__(
