@@ -297,7 +297,7 @@ class Schedule:
     def path_for(self, batch_size: int) -> str:
         """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
         cannot run it)."""
-        if self.path != "auto" and self.path != "epoch":
+        if self.path not in ("auto", "epoch"):
             return self.path
         fits = getattr(self.k, "fused_fits", None)
         fits = fits is None or fits(batch_size, self.sizes)
