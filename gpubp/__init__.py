@@ -2,6 +2,7 @@
 
 from .backends import device_report
 from .network import History, Network, TrainingDiverged, check_gradients
+from .schedule import Execution, Tuning
 
-__all__ = ["Network", "History", "TrainingDiverged", "check_gradients", "device_report"]
+__all__ = ["Network", "History", "TrainingDiverged", "Execution", "Tuning", "check_gradients", "device_report"]
 __version__ = "0.1.0"

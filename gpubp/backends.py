@@ -8,7 +8,6 @@ kernels, so "auto" never picks it; ``device="cuda"`` uses it on purpose (the tes
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -53,52 +52,81 @@ def auto_device() -> tuple[str, str]:
     return "cpu", reason
 
 
-@dataclass
 class Backend:
-    """A device: its name, its kernels module and how arrays get there and back."""
+    """A device: its name, its kernels module, and how arrays get there and back."""
 
     name: str
     kernels: ModuleType
-
-    @property
-    def simulated(self) -> bool:
-        """Whether "cuda" is Numba's CUDA simulator (kernels run as Python threads on the host)."""
-        return self.name == "cuda" and simulator_enabled()
+    simulated = False  # whether kernels run in Numba's CUDA simulator (Python threads on the host)
 
     def to_device(self, array: np.ndarray) -> Any:
-        if self.name == "cpu":
-            return np.ascontiguousarray(array)
-        from numba import cuda
-
-        return cuda.to_device(np.ascontiguousarray(array))
+        """A C-contiguous copy of a host array on this device."""
+        raise NotImplementedError
 
     def empty(self, shape: Any, dtype: Any) -> Any:
-        if self.name == "cpu":
-            return np.empty(shape, dtype)
-        from numba import cuda
-
-        return cuda.device_array(shape, dtype)
+        raise NotImplementedError
 
     def zeros(self, shape: Any, dtype: Any) -> Any:
         return self.to_device(np.zeros(shape, dtype))
 
     def to_host(self, array: Any) -> np.ndarray:
-        if self.name == "cpu":
-            return np.array(array)
+        """A numpy copy of an array of this device."""
+        raise NotImplementedError
+
+    def copy(self, src: Any, dst: Any) -> None:
+        """dst[...] = src, dst on this device, src on it or on the host."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for the work launched so far."""
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self) -> None:
+        from .kernels import cpu
+
+        self.kernels = cpu
+
+    def to_device(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array)
+
+    def empty(self, shape: Any, dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.array(array)
+
+    def copy(self, src: Any, dst: Any) -> None:
+        dst[...] = src
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def __init__(self) -> None:
+        from numba import cuda
+
+        from .kernels import cuda as kernels
+
+        self.kernels, self._cuda = kernels, cuda
+        self.simulated = simulator_enabled()
+
+    def to_device(self, array: np.ndarray) -> Any:
+        return self._cuda.to_device(np.ascontiguousarray(array))
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        return self._cuda.device_array(shape, dtype)
+
+    def to_host(self, array: Any) -> np.ndarray:
         return array.copy_to_host()
 
     def copy(self, src: Any, dst: Any) -> None:
-        """dst[...] = src, both on this device."""
-        if self.name == "cpu":
-            dst[...] = src
-        else:
-            dst.copy_to_device(src)
+        dst.copy_to_device(src)
 
     def synchronize(self) -> None:
-        if self.name == "cuda":
-            from numba import cuda
-
-            cuda.synchronize()
+        self._cuda.synchronize()
 
 
 def select(device: str) -> Backend:
@@ -112,11 +140,7 @@ def select(device: str) -> Backend:
         usable, reason = cuda_status()
         if not usable:
             raise RuntimeError(f"device='cuda' but {reason}; use device='cpu' or 'auto'")
-    if device == "cuda":
-        from .kernels import cuda as kernels
-    else:
-        from .kernels import cpu as kernels
-    return Backend(device, kernels)
+    return CudaBackend() if device == "cuda" else CpuBackend()
 
 
 def device_report() -> dict[str, Any]:

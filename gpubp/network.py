@@ -9,11 +9,13 @@ in ``gpubp.schedule``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -23,11 +25,10 @@ import numpy as np
 
 from . import backends
 from .kernels import activations as act_codes
-from .kernels import cpu as cpu_kernels
 from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
 from .losses import resolve
-from .schedule import Schedule
+from .schedule import PATHS, Execution, Schedule, Tuning
 
 log = logging.getLogger("gpubp")
 
@@ -64,6 +65,26 @@ def _is_device_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
 
 
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _locked(method: Callable) -> Callable:
+    """Run a method holding the network's lock: calls from several threads take turns, since
+    they share the parameters and the work buffers (a fit makes the others wait)."""
+
+    @functools.wraps(method)
+    def run(self: Network, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class Network:
     """A multilayer perceptron trained by backpropagation and mini-batch SGD.
 
@@ -73,8 +94,13 @@ class Network:
     N(0, 1); ``"standard"`` draws both from N(0, 1). ``device`` is "auto" (CUDA on a real GPU,
     else the CPU kernels), "cuda" or "cpu". ``seed`` fixes the initial parameters and the
     shuffling: the same seed gives the same result on the CPU. ``path`` chooses how an epoch's
-    kernels are run ("auto", "layers", "epoch", and on CUDA "graph" or, with CuPy, "cublas" and
-    "cublas-graph"; see ``gpubp.schedule``): every path computes the same function.
+    kernels are run: "auto", a ``gpubp.Execution`` (how products are computed, whether steps are
+    recorded as CUDA graphs and replayed, whether the whole epoch is one call), or one of the names
+    "layers", "epoch", "graph", "cublas", "cublas-graph" (see ``gpubp.schedule.PATHS``); every
+    path computes the same function. ``tuning`` (a ``gpubp.Tuning``) sets launch sizes on CUDA.
+
+    A network may be shared between threads: its methods take turns (a ``fit`` makes the others
+    wait), since they share the parameters and the device's work buffers.
     """
 
     def __init__(
@@ -87,9 +113,11 @@ class Network:
         dtype: str = "float32",
         device: str = "auto",
         seed: int | None = 0,
-        path: str = "auto",
+        path: str | Execution = "auto",
+        tuning: Tuning | None = None,
     ) -> None:
         sizes = self._check_sizes(sizes)
+        seed = _check_seed(seed)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose 'scaled' or 'standard'")
         rng = np.random.default_rng(seed)
@@ -98,7 +126,7 @@ class Network:
             scale = 1.0 / math.sqrt(n_in) if init == "scaled" else 1.0
             weights.append(rng.standard_normal((n_out, n_in)) * scale)
         biases = [rng.standard_normal(n) for n in sizes[1:]]
-        self._setup(sizes, weights, biases, activation, output_activation, loss, dtype, device, path, rng)
+        self._setup(sizes, weights, biases, activation, output_activation, loss, dtype, device, path, rng, tuning)
 
     @classmethod
     def from_params(
@@ -111,7 +139,8 @@ class Network:
         dtype: str = "float32",
         device: str = "auto",
         seed: int | None = 0,
-        path: str = "auto",
+        path: str | Execution = "auto",
+        tuning: Tuning | None = None,
     ) -> Network:
         """A network with the given parameters: weights[l] is (sizes[l+1], sizes[l])."""
         if len(weights) != len(biases) or len(weights) == 0:
@@ -142,7 +171,8 @@ class Network:
             dtype,
             device,
             path,
-            np.random.default_rng(seed),
+            np.random.default_rng(_check_seed(seed)),
+            tuning,
         )
         return net
 
@@ -156,8 +186,9 @@ class Network:
         loss: str,
         dtype: str,
         device: str,
-        path: str,
+        path: str | Execution,
         rng: np.random.Generator,
+        tuning: Tuning | None = None,
     ) -> None:
         self.activation, self.output_activation, self.loss = resolve(activation, output_activation, loss)
         if self.output_activation == "softmax" and sizes[-1] < 2:
@@ -171,15 +202,16 @@ class Network:
         self.sizes = sizes
         self.epochs_trained = 0  # epochs of fit these parameters have had (kept by save and load)
         self._rng = rng
-        self._backend = backends.select(device)
+        self._lock = threading.RLock()
         flat = np.concatenate([w.ravel() for w in weights] + [b.ravel() for b in biases])
         self._schedule = Schedule(
-            self._backend,
+            backends.select(device),
             sizes,
             layer_codes(self.activation, self.output_activation, len(sizes) - 1),
             loss_codes.CODES[self.loss],
             flat.astype(self.dtype),
             path,
+            tuning,
         )
 
     @staticmethod
@@ -199,32 +231,26 @@ class Network:
     @property
     def device(self) -> str:
         """ "cpu" or "cuda": where this network's kernels run."""
-        return self._backend.name
+        return self._schedule.backend.name
 
     @property
-    def path(self) -> str:
-        """ "epoch" (a whole epoch per call), "layers" (launches per layer), "graph" (the layers
-        path's launches recorded as a CUDA graph and replayed), "cublas" (launches per layer,
-        products by cuBLAS), "cublas-graph" (the cublas path recorded and replayed) or "auto"
-        (by batch size on CUDA)."""
-        return self._schedule.path
+    def path(self) -> str | Execution:
+        """The ``path`` asked for: "auto" (chosen by batch size), a name of ``gpubp.schedule.PATHS``
+        ("layers", "epoch", "graph", "cublas", "cublas-graph") or an ``Execution``."""
+        path = self._schedule.path
+        return next((name for name, e in PATHS.items() if e == path), path) if path != "auto" else path
 
     @property
     def weights(self) -> list[np.ndarray]:
         """W^1..W^L as numpy copies; weights[l].shape == (sizes[l+1], sizes[l])."""
-        return self._split(self._schedule.host_params())[0]
+        with self._lock:
+            return self._schedule.split(self._schedule.host("params"))[0]
 
     @property
     def biases(self) -> list[np.ndarray]:
         """b^1..b^L as numpy copies; biases[l].shape == (sizes[l+1],)."""
-        return self._split(self._schedule.host_params())[1]
-
-    def _split(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        ws, bs = [], []
-        for w_off, b_off, n_out, n_in in self._schedule.layout:
-            ws.append(flat[w_off : w_off + n_out * n_in].reshape(n_out, n_in).copy())
-            bs.append(flat[b_off : b_off + n_out].copy())
-        return ws, bs
+        with self._lock:
+            return self._schedule.split(self._schedule.host("params"))[1]
 
     def __repr__(self) -> str:
         return (
@@ -247,22 +273,23 @@ class Network:
                 raise TypeError(f"{name} is {X.dtype} on the GPU but the network is {self.dtype}; convert it first")
             if not X.is_c_contiguous():
                 raise ValueError(f"{name} on the GPU must be C-contiguous")
-            count = self._backend.zeros(1, np.int64)  # checked on the GPU: only the count comes back
-            self._schedule.k.count_nonfinite(X.reshape(X.size), count)
-            if int(count.copy_to_host()[0]):
+            if self._schedule.nonfinite(X):  # counted on the GPU: only the count comes back
                 raise ValueError(f"{name} contains NaN or inf")
             return X
         X = np.asarray(X)
         self._check_shape(name, X.shape, X.ndim)
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        count = np.zeros(1, np.int64)
-        cpu_kernels.count_nonfinite(X.reshape(-1), count)  # one pass, no temporary array
-        if count[0]:
+        original = X
+        with np.errstate(over="ignore"):
+            X = np.ascontiguousarray(X, dtype=self.dtype)
+        if self._schedule.nonfinite(X):
             row = int(np.argwhere(~np.isfinite(X))[0][0])
+            if np.isfinite(original[row]).all():
+                big = original[row][np.argmax(np.abs(original[row]))]
+                raise ValueError(f"{name} row {row} holds {big:g}, which overflows the network's {self.dtype}")
             raise ValueError(f"{name} contains NaN or inf (first in row {row})")
-        return self._backend.to_device(X)
+        return self._schedule.backend.to_device(X)
 
     def _check_shape(self, name: str, shape: tuple[int, ...], ndim: int) -> None:
         if ndim != 2 or shape[1] != self.sizes[0] or shape[0] == 0:
@@ -297,25 +324,31 @@ class Network:
                 raise ValueError(f"label {Y[i]} at row {i} is out of range for {k} outputs (labels must be 0..{k - 1})")
             onehot = np.zeros((n, k), self.dtype)
             onehot[np.arange(n), Y.astype(np.int64)] = 1
-            return self._backend.to_device(onehot)
+            return self._schedule.backend.to_device(onehot)
         if Y.ndim != 2 or Y.shape[1] != k:
             raise ValueError(
                 f"{name} must be integer labels of shape ({n},) or targets of shape ({n}, {k}), got {Y.shape}"
             )
         if Y.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {Y.dtype}")
-        Y = np.ascontiguousarray(Y, dtype=self.dtype)
+        original = Y
+        with np.errstate(over="ignore"):
+            Y = np.ascontiguousarray(Y, dtype=self.dtype)
         if not np.isfinite(Y).all():
-            raise ValueError(f"{name} contains NaN or inf (first in row {int(np.argwhere(~np.isfinite(Y))[0][0])})")
+            row = int(np.argwhere(~np.isfinite(Y))[0][0])
+            if np.isfinite(original[row]).all():
+                raise ValueError(f"{name} row {row} holds a value that overflows the network's {self.dtype}")
+            raise ValueError(f"{name} contains NaN or inf (first in row {row})")
         if self.loss in ("cross_entropy", "log_likelihood") and ((Y < 0) | (Y > 1)).any():
             raise ValueError(f"{name}: {self.loss} needs targets in [0, 1]")
         if self.loss == "log_likelihood" and not np.allclose(Y.sum(axis=1), 1, atol=1e-5):
             raise ValueError(f"{name}: log_likelihood needs each target row to sum to 1 (one-hot or probabilities)")
         if on_gpu is not None and self.device == "cuda" and on_gpu.dtype == self.dtype and on_gpu.is_c_contiguous():
             return on_gpu.reshape(Y.shape)  # a 1-D target vector of a one-output network becomes (n, 1)
-        return self._backend.to_device(Y)
+        return self._schedule.backend.to_device(Y)
 
     # -- the API ------------------------------------------------------------------------------------
+    @_locked
     def fit(
         self,
         X: Any,
@@ -370,7 +403,7 @@ class Network:
             val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
 
         batch_size = min(int(batch_size), n)
-        self._schedule.path_for(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
+        self._schedule.execution(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
         history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
         s = self._schedule
         for epoch in range(1, int(epochs) + 1):
@@ -381,7 +414,7 @@ class Network:
             epoch_lr = float(lr) * float(lr_decay) ** (epoch - 1)
             s.train_epoch(Xd, Yd, order, batch_size, epoch_lr, float(momentum), float(weight_decay), progress)
             loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
-            if not math.isfinite(loss) or s.nonfinite_params():
+            if not math.isfinite(loss) or s.nonfinite(s.params):
                 s.restore_snapshot()
                 since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
                 raise TrainingDiverged(
@@ -401,9 +434,13 @@ class Network:
                 break
         return history
 
+    @_locked
     def step(self, X: Any, Y: Any, lr: float) -> None:
-        """One SGD step on one mini-batch: W <- W - lr * dC/dW, b <- b - lr * dC/db.
+        """One plain SGD step on one mini-batch: W <- W - lr * dC/dW, b <- b - lr * dC/db, for the
+        cost averaged over the batch.
 
+        No momentum and no weight decay: the momentum state that ``fit`` keeps (and ``save``
+        stores) is neither read nor changed, so a later ``fit`` goes on with the velocity it had.
         Raises ``TrainingDiverged`` and leaves the network as it was if a parameter became NaN or inf.
         """
         _check_positive("lr", lr, integer=False)
@@ -412,22 +449,25 @@ class Network:
         s = self._schedule
         s.save_snapshot()
         s.gradients(Xd, Yd)
-        s.update_layers(float(lr), 0.0, 0.0)
-        if s.nonfinite_params():
+        s.update(float(lr), 0.0, 0.0, velocity=s.nabla)  # v = -lr nabla in place of nabla: the velocity stays
+        if s.nonfinite(s.params):
             s.restore_snapshot()
             raise TrainingDiverged(f"the step with lr={lr:g} made a parameter NaN or inf; the network is unchanged")
 
+    @_locked
     def gradients(self, X: Any, Y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(dC/dW, dC/db) for each layer, for the cost averaged over the rows of X."""
         Xd = self._inputs(X)
         Yd = self._targets(Y, Xd.shape[0])
         self._schedule.gradients(Xd, Yd)
-        return self._split(self._schedule.backend.to_host(self._schedule.nabla))
+        return self._schedule.split(self._schedule.host("nabla"))
 
+    @_locked
     def predict(self, X: Any) -> np.ndarray:
         """The output activations a^L, shape (n, sizes[-1])."""
         return self._schedule.predict(self._inputs(X))
 
+    @_locked
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """{"loss": C averaged over the rows, "accuracy": fraction of rows whose argmax matches}.
 
@@ -446,61 +486,53 @@ class Network:
             correct = int((((a > 0.5) == (y > 0.5)) & ~np.isnan(a)).sum())
         return cost / n, correct / n
 
+    def _float64_cpu_copy(self) -> Network:
+        return Network.from_params(
+            self.weights, self.biases, self.activation, self.output_activation, self.loss, dtype="float64", device="cpu"
+        )
+
     def trace(self, x: Any, y: Any, lr: float = 0.5) -> dict[str, Any]:
         """Every quantity of one forward and one backward pass on one sample, in float64.
 
         Returns "x", "y", "weights", "biases", "z" and "a" per layer (a[0] is x), "cost",
         "delta" per layer, "nabla_w", "nabla_b", and the parameters after one SGD step with
-        ``lr``: "weights_after", "biases_after". Computed by the CPU kernels.
+        ``lr``: "weights_after", "biases_after". Computed by the CPU engine (``kernels.cpu.step``)
+        on a float64 copy of the network, the same call that trains it.
         """
-        k = cpu_kernels
         _check_positive("lr", lr, integer=False)
-        f64 = Network.from_params(
-            self.weights, self.biases, self.activation, self.output_activation, self.loss, dtype="float64", device="cpu"
-        )
+        f64 = self._float64_cpu_copy()
         x = np.asarray(x, dtype=float)
         if x.ndim != 1:
             raise ValueError(f"x must be one sample: a vector of {self.sizes[0]} inputs, got shape {x.shape}")
-        x = x.reshape(1, -1)
-        X = f64._inputs(x, "x")
+        X = f64._inputs(x.reshape(1, -1), "x")
         Y = f64._targets(np.atleast_1d(np.asarray(y)).reshape(1, -1) if np.ndim(y) else np.array([y]), 1, "y")
-        W, b, L = f64.weights, f64.biases, len(self.sizes) - 1
-        acts = layer_codes(self.activation, self.output_activation, L)
-        a, z = [X], []
-        for l in range(L):
-            z.append(np.empty((1, self.sizes[l + 1])))
-            a.append(np.empty((1, self.sizes[l + 1])))
-            k.forward(a[l], W[l], b[l], z[l], a[l + 1], acts[l])
-        cost = np.zeros(1)
-        delta = [np.empty((1, n)) for n in self.sizes[1:]]
-        k.output_error(z[-1], a[-1], Y, delta[-1], loss_codes.CODES[self.loss], acts[-1], cost)
-        for l in range(L - 2, -1, -1):
-            k.hidden_error(delta[l + 1], W[l + 1], z[l], a[l + 1], delta[l], acts[l])
-        nabla_w = [np.empty_like(w) for w in W]
-        nabla_b = [np.empty_like(bb) for bb in b]
-        for l in range(L):
-            k.weight_gradient(delta[l], a[l], 1.0, nabla_w[l])
-            k.bias_gradient(delta[l], 1.0, nabla_b[l])
-        row = lambda m: m[0].copy()  # noqa: E731
+        s = f64._schedule
+        s.reset_cost()
+        v = s.gradients(X, Y)
+        W, b = f64.weights, f64.biases
+        nabla_w, nabla_b = s.split(s.host("nabla"))
+        row = lambda m: np.array(m[0])  # noqa: E731
+        L = len(self.sizes) - 1
         return {
             "x": row(X),
             "y": row(Y),
             "weights": W,
             "biases": b,
-            "z": [row(v) for v in z],
-            "a": [row(v) for v in a],
-            "cost": float(cost[0]),
-            "delta": [row(v) for v in delta],
+            "z": [row(v.Z[l]) for l in range(1, L + 1)],
+            "a": [row(v.A[l]) for l in range(L + 1)],
+            "cost": s.read_cost(),
+            "delta": [row(v.D[l]) for l in range(1, L + 1)],
             "nabla_w": nabla_w,
             "nabla_b": nabla_b,
             "weights_after": [w - lr * g for w, g in zip(W, nabla_w)],
             "biases_after": [bb - lr * g for bb, g in zip(b, nabla_b)],
             "lr": float(lr),
-            "activations": [act_codes.NAMES[c] for c in acts],
+            "activations": [act_codes.NAMES[c] for c in layer_codes(self.activation, self.output_activation, L)],
             "loss": self.loss,
         }
 
     # -- files ----------------------------------------------------------------------------------------
+    @_locked
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename.
 
@@ -518,9 +550,9 @@ class Network:
         arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(config))}
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
-        velocity = self._schedule.backend.to_host(self._schedule.velocity)
+        velocity = self._schedule.host("velocity")
         if velocity.any():  # zero until the first update: no need to double the file
-            for l, (vw, vb) in enumerate(zip(*self._split(velocity))):
+            for l, (vw, vb) in enumerate(zip(*self._schedule.split(velocity))):
                 arrays[f"vw{l}"], arrays[f"vb{l}"] = vw, vb
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
@@ -585,7 +617,7 @@ class Network:
         net.epochs_trained = epochs_trained
         if velocity is not None:
             flat = np.concatenate([v.ravel() for v in velocity]).astype(net.dtype)
-            net._schedule.backend.copy(net._backend.to_device(flat), net._schedule.velocity)
+            net._schedule.set_host("velocity", flat)
         return net
 
 
@@ -600,14 +632,12 @@ def check_gradients(
     finite differences have no relative precision left. At most ``max_params`` parameters are
     checked (a random sample; all of them if None).
     """
-    f64 = Network.from_params(
-        net.weights, net.biases, net.activation, net.output_activation, net.loss, dtype="float64", device="cpu"
-    )
+    f64 = net._float64_cpu_copy()
     Xd = f64._inputs(X)
     Yd = f64._targets(Y, Xd.shape[0])
     s = f64._schedule
     s.gradients(Xd, Yd)
-    analytic = s.nabla.copy()
+    analytic = s.host("nabla")
     params = s.params
     idx = np.arange(params.size)
     if max_params is not None and params.size > max_params:

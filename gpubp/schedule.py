@@ -1,38 +1,20 @@
-"""The order kernels run in: one mini-batch of SGD, layer by layer.
+"""The order kernels run in: mini-batch SGD, layer by layer, on one device.
 
 For each mini-batch (Nielsen's ``update_mini_batch``):
   1. gather the batch's rows of X and Y (the shuffle) into work buffers;
   2. forward, l = 1..L:      z^l = W^l a^(l-1) + b^l,  a^l = f(z^l);
   3. BP1:                    delta^L = grad_a C ⊙ f'(z^L);
-  4. backward, l = L..1:     BP4/BP3 gradients of layer l, then BP2 delta^(l-1) from W^l;
+  4. backward, l = L..1:     BP2 delta^(l-1) from W^l, BP3/BP4 the gradients of layer l;
   5. update every layer:     W <- W - (eta/m) sum_x delta (a^(l-1))^T,  b <- b - (eta/m) sum_x delta.
-BP2 always reads the W^(l+1) that made the forward pass: the "layers" path updates after the
-backward pass; the "epoch" path updates each layer right after BP2 has read its weights.
+BP2 always reads the W^l that made the forward pass.
 
-Two paths run this order; on either, parameters, activations and the training data stay on the
-device for the whole fit, and only the epoch's shuffled order is sent, once per epoch:
-- ``"layers"``: this module's Python loop launches one kernel per operation per layer (about a
-  dozen launches per mini-batch for two layers). The reference, and the path for large layers.
-- ``"epoch"``: the whole loop in one call of ``kernels.<backend>.train_batches``: on the CPU one
-  @njit function, with each layer's BP3/BP4 and update fused; on CUDA one kernel launch that runs
-  every mini-batch in a single thread block (``train_fused_v2``), which pays no launch per batch
-  but uses one multiprocessor: for small networks, whose batches cannot fill a GPU anyway.
-- ``"cublas"`` (CUDA only): the layers path with each product done by cuBLAS through CuPy and the
-  rest of its equation by a Numba kernel (``kernels.cuda.*_cublas``): the path for wide layers
-  at large batches, if cuBLAS beats the register-blocked kernels there. Never picked by "auto"
-  until a GPU measurement says where it wins.
-- ``"graph"`` (CUDA only): the layers path with its launches for GRAPH_BATCHES mini-batches
-  recorded once as a CUDA graph (cuda.core's GraphBuilder, which Numba launches into) and
-  replayed: one host call per GRAPH_BATCHES batches instead of about a dozen per batch (a
-  second recording replays the epoch's last full batches, fewer than GRAPH_BATCHES). The
-  batch's position, lr, momentum and decay live in device memory, so the same graph replays
-  every batch of every epoch.
-- ``"cublas-graph"`` (CUDA only, CuPy): the cublas path recorded and replayed like "graph": the
-  products by cuBLAS with no host time per batch, for wide layers whose epochs the cublas path's
-  host calls (a GEMM call and CuPy views per product) would otherwise bound.
-``"auto"`` takes "epoch" on the CPU, and on CUDA when a batch needs at most ``FUSED_WORK``
-multiply-adds per layer pass and its layers fit the kernel's shared buffer
-(``kernels.cuda.fused_fits``), else "layers". That bound is a first guess, not yet measured on a GPU.
+Each engine writes that order once: ``kernels.cpu.step`` (one @njit call per batch, the CPU),
+``CudaEngine.backprop`` below (one launch per operation, CUDA) and ``kernels.cuda.fused`` (a
+whole epoch in one CUDA launch). How an epoch runs is three independent choices, an
+``Execution``, made in one function, ``choose``: how the products are computed (Numba kernels or
+cuBLAS), whether a run of steps' launches is recorded once as a CUDA graph and replayed
+(``gpubp.graphs``), and whether the whole epoch is one call. Parameters, activations and the
+training data stay on the device for the whole fit; only the epoch's shuffled order is sent.
 """
 
 from __future__ import annotations
@@ -45,17 +27,93 @@ import numpy as np
 
 from .backends import Backend
 
-PATHS = ("auto", "layers", "epoch", "cublas", "graph", "cublas-graph")
-RECORDED = ("graph", "cublas-graph")  # the paths that replay a recorded CUDA graph
-FUSED_WORK = 1 << 24  # CUDA "auto": batch_size * (number of weights) up to this runs fused
-GRAPH_BATCHES = 16  # mini-batches per recorded CUDA graph of the "graph" path
+
+@dataclass(frozen=True)
+class Tuning:
+    """Numbers that change how fast an epoch runs, never what it computes (CUDA only; first
+    guesses, not yet measured on a GPU)."""
+
+    fused_threads: int = 512  # threads of the whole-epoch kernel's one block
+    fused_shared: int = 4096  # elements of its shared buffer (batch + 2 x width of a layer must fit)
+    fused_work: int = 1 << 24  # "auto" runs an epoch in one launch up to this batch_size x weights
+    graph_batches: int = 16  # mini-batches per recorded CUDA graph
 
 
-def _address(array: Any) -> int:
-    """Where a device array's data starts: two wrappers of the same memory (``_inputs`` makes a new
-    one each fit) give the same address. Numba's simulator has no addresses: there, the id."""
-    interface = getattr(array, "__cuda_array_interface__", None)
-    return interface["data"][0] if interface else id(array)
+@dataclass(frozen=True)
+class Execution:
+    """How an epoch's kernels run: three independent choices.
+
+    ``products``: "numba" (the kernels of ``gpubp.kernels``) or "cublas" (each product one cuBLAS
+    GEMM through CuPy, the rest of its equation a Numba kernel; CUDA only). ``replay``: record the
+    launches of ``Tuning.graph_batches`` mini-batches once as a CUDA graph and replay it (CUDA
+    only). ``whole_epoch``: the whole epoch in one call: one @njit call on the CPU, one launch of
+    one thread block on CUDA (small networks; Numba products, no recording).
+    """
+
+    products: str = "numba"
+    replay: bool = False
+    whole_epoch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.products not in ("numba", "cublas"):
+            raise ValueError(f"unknown products {self.products!r}; choose 'numba' or 'cublas'")
+        if self.whole_epoch and (self.replay or self.products != "numba"):
+            raise ValueError("a whole epoch in one call runs the Numba kernels and records nothing")
+
+
+# The names of the paths that gpubp 0.1 took, kept as aliases.
+PATHS = {
+    "layers": Execution(),
+    "epoch": Execution(whole_epoch=True),
+    "graph": Execution(replay=True),
+    "cublas": Execution(products="cublas"),
+    "cublas-graph": Execution(products="cublas", replay=True),
+}
+
+
+def requested(path: str | Execution, backend: Backend) -> str | Execution:
+    """Check a ``path`` ("auto", an alias of ``PATHS`` or an ``Execution``) against the device, at
+    construction; return "auto" or the ``Execution``."""
+    if isinstance(path, str) and path != "auto":
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; choose one of 'auto', {', '.join(map(repr, PATHS))}")
+        path = PATHS[path]
+    elif not isinstance(path, (str, Execution)):
+        raise TypeError(f"path must be 'auto', a path name or a gpubp.Execution, got {path!r}")
+    if isinstance(path, Execution) and backend.name != "cuda":
+        if path.products == "cublas":
+            raise ValueError("cuBLAS products run on CUDA only; on the CPU the products already call BLAS from 32 rows")
+        if path.replay:
+            raise ValueError("recording and replaying CUDA graphs runs on CUDA only")
+    if isinstance(path, Execution) and backend.name == "cuda":
+        if path.products == "cublas":
+            backend.kernels.check_cublas()
+        if path.replay:
+            from .graphs import check_graphs
+
+            check_graphs()
+    return path
+
+
+def choose(path: str | Execution, backend: Backend, sizes: list[int], batch_size: int, tuning: Tuning) -> Execution:
+    """The one place that decides how an epoch runs (ValueError if a forced whole epoch cannot).
+
+    "auto": the whole epoch in one call on the CPU; on CUDA when a batch needs at most
+    ``tuning.fused_work`` multiply-adds per layer pass and every layer fits the fused kernel's
+    shared buffer, else one launch per operation with Numba's products. Recording and cuBLAS are
+    never taken by "auto" until a GPU measurement says where they win."""
+    fits = backend.name == "cpu" or backend.kernels.fused.fits(batch_size, sizes, tuning.fused_shared)
+    if path == "auto":
+        n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        small = backend.name == "cpu" or batch_size * n_weights <= tuning.fused_work
+        return Execution(whole_epoch=fits and small)
+    if path.whole_epoch and not fits:
+        raise ValueError(
+            f"a whole epoch in one launch (path='epoch') cannot train layers of {sizes} with batches of "
+            f"{batch_size}: a batch plus twice a layer's width must be at most {tuning.fused_shared} (the "
+            f"fused kernel's shared buffer); use path='layers' or 'auto'"
+        )
+    return path
 
 
 @dataclass
@@ -68,49 +126,101 @@ class Views:
     Y: Any
 
 
+class CpuEngine:
+    """The CPU's order of backpropagation is ``kernels.cpu.step``: one @njit call per batch."""
+
+    def __init__(self, s: Schedule) -> None:
+        self.s, self.k = s, s.backend.kernels
+
+    def forward(self, v: Views, cap: int, m: int) -> None:
+        s = self.s
+        A, Z, _, _ = s.buffers(cap)
+        self.k.feedforward(s.params, s.layout, s.units, s.acts, A, Z, cap, m)
+
+    def backprop(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
+        """nabla = (1/m) sum_x dC_x/dp over the batch in the work buffers; cost += sum_x C_x."""
+        s = self.s
+        A, Z, D, _ = s.buffers(cap)
+        self.k.step(s.params, s.nabla, s.velocity, s.layout, s.units, s.acts, s.loss, v.Y, A, Z, D, cap, m,
+                    0.0, 0.0, 0.0, s.cost, False)  # fmt: skip
+
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        s = self.s
+        A, Z, D, Yb = s.buffers(batch_size)
+        self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
+                             s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost)  # fmt: skip
+
+
+class CudaEngine:
+    """CUDA's order of backpropagation, one kernel launch per operation and layer."""
+
+    def __init__(self, s: Schedule, products: str) -> None:
+        self.s, self.k = s, s.backend.kernels
+        k = self.k
+        if products == "cublas":
+            self.products = (k.forward_cublas, k.hidden_error_cublas, k.weight_gradient_cublas)
+        else:
+            self.products = (k.forward, k.hidden_error, k.weight_gradient)
+
+    def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
+        """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
+        s, forward = self.s, self.products[0]
+        for l in range(s.L):
+            forward(v.A[l], s.W[l], s.b[l], v.Z[l + 1], v.A[l + 1], s.acts_list[l], stream)
+
+    def backprop(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
+        """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = (1/m) sum_x dC_x/dp.
+
+        ``stream``: where to launch, e.g. a CUDA graph being recorded."""
+        s, k, L, acts = self.s, self.k, self.s.L, self.s.acts_list
+        _, hidden_error, weight_gradient = self.products
+        self.forward(v, cap, m, stream)
+        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], s.loss, acts[L - 1], s.cost, stream)  # BP1
+        for l in reversed(range(L)):
+            weight_gradient(v.D[l + 1], v.A[l], 1.0 / m, s.gW[l], stream)  # BP4
+            k.bias_gradient(v.D[l + 1], 1.0 / m, s.gb[l], stream)  # BP3
+            if l > 0:  # BP2
+                hidden_error(v.D[l + 1], s.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
+
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        s, t = self.s, self.s.tuning
+        A, Z, D, Yb = s.buffers(batch_size)
+        self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
+                             s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost,
+                             threads=t.fused_threads, shared=t.fused_shared)  # fmt: skip
+
+
 class Schedule:
     """A network's parameters and buffers on one backend, and the kernel launches that train it."""
 
     def __init__(
-        self, backend: Backend, sizes: list[int], acts: list[int], loss: int, params: np.ndarray, path: str = "auto"
+        self,
+        backend: Backend,
+        sizes: list[int],
+        acts: list[int],
+        loss: int,
+        params: np.ndarray,
+        path: str | Execution = "auto",
+        tuning: Tuning | None = None,
     ) -> None:
-        if path not in PATHS:
-            raise ValueError(f"unknown path {path!r}; choose one of {', '.join(map(repr, PATHS))}")
-        if path == "auto" and backend.name == "cpu":
-            path = "epoch"
-        self.backend, self.k, self.path = backend, backend.kernels, path
-        k = self.k
-        if path in ("cublas", "cublas-graph"):
-            if backend.name != "cuda":
-                raise ValueError(
-                    f"path={path!r} runs on CUDA only; on the CPU the products already call BLAS from 32 rows up"
-                )
-            k.check_cublas()
-            self.forward, self.hidden_error, self.weight_gradient = (
-                k.forward_cublas,
-                k.hidden_error_cublas,
-                k.weight_gradient_cublas,
-            )
-        else:
-            self.forward, self.hidden_error, self.weight_gradient = k.forward, k.hidden_error, k.weight_gradient
-        if path in RECORDED:
-            if backend.name != "cuda":
-                raise ValueError(f"path={path!r} records CUDA graphs and runs on CUDA only")
-            k.check_graphs()
+        self.backend, self.k = backend, backend.kernels
+        self.path = requested(path, backend)
+        self.tuning = tuning or Tuning()
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
         self.acts_list, self.loss = list(acts), loss
-        self.acts = np.asarray(acts, dtype=np.int64)
 
-        # Flat parameter layout: W^1..W^L, then b^1..b^L (see kernels.cpu).
+        # Flat parameter layout: W^1..W^L, then b^1..b^L (see kernels.cpu); the tables the engines read.
         n_w = [sizes[l + 1] * sizes[l] for l in range(self.L)]
         w_off = np.concatenate([[0], np.cumsum(n_w)])
         b_off = w_off[-1] + np.concatenate([[0], np.cumsum(sizes[1:])])
         self.n_weights = int(w_off[-1])
-        self.layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64)
-        self.units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        # The same three tables where the epoch kernels read them.
-        self.tables = tuple(backend.to_device(t) for t in (self.layout, self.units, self.acts))
+        layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64)
+        self.host_layout = layout
+        self.layout = backend.to_device(layout)
+        self.units = backend.to_device(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+        self._units = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.acts = backend.to_device(np.asarray(acts, dtype=np.int64))
 
         self.params = backend.to_device(params)
         self.nabla = backend.zeros(params.shape, self.dtype)
@@ -121,18 +231,21 @@ class Schedule:
         self.W, self.b = self._layer_views(self.params)
         self.gW, self.gb = self._layer_views(self.nabla)
         self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
-        # The "graph" path's device-side state: the epoch's order, the position in it, (lr, momentum,
-        # decay) for the weights and the biases, and the recorded graph.
-        self._order: Any = None
-        self._offset = backend.zeros(1, np.int64)
-        self._hyper = (backend.zeros(3, np.float64), backend.zeros(3, np.float64))
-        self._graphs: dict[int, tuple] = {}  # batches per replay -> (key, replay, what it reads)
         self._views: dict[tuple[int, int], Views] = {}
+        self._engines: dict[str, Any] = {}
+        self.graphs: Any = None  # gpubp.graphs.Recordings, made by the first epoch that replays
+
+    def engine(self, products: str = "numba") -> CpuEngine | CudaEngine:
+        """The engine that runs one step's kernels on this device, with these products."""
+        if products not in self._engines:
+            cpu = self.backend.name == "cpu"
+            self._engines[products] = CpuEngine(self) if cpu else CudaEngine(self, products)
+        return self._engines[products]
 
     # -- buffers ------------------------------------------------------------------------------
     def _layer_views(self, flat: Any) -> tuple[list[Any], list[Any]]:
         ws, bs = [], []
-        for w_off, b_off, n_out, n_in in self.layout:
+        for w_off, b_off, n_out, n_in in self.host_layout:
             ws.append(flat[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
             bs.append(flat[b_off : b_off + n_out])
         return ws, bs
@@ -147,14 +260,8 @@ class Schedule:
                 oldest = next(iter(self._buffers))
                 del self._buffers[oldest]
                 self._views = {key: v for key, v in self._views.items() if key[0] != oldest}
-            n = cap * int(self.units[-1])
-            e = self.backend.empty
-            self._buffers[cap] = (
-                e(n, self.dtype),
-                e(n, self.dtype),
-                e(n, self.dtype),
-                e(cap * self.sizes[-1], self.dtype),
-            )
+            n, e = cap * int(self._units[-1]), self.backend.empty
+            self._buffers[cap] = (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype), e(cap * self.sizes[-1], self.dtype))
         return self._buffers[cap]
 
     def views(self, cap: int, m: int) -> Views:
@@ -163,153 +270,23 @@ class Schedule:
             A, Z, D, Y = self.buffers(cap)
 
             def slots(buf: Any) -> list[Any]:
-                return [buf[cap * u : cap * u + m * n].reshape((m, n)) for u, n in zip(self.units[:-1], self.sizes)]
+                return [buf[cap * u : cap * u + m * n].reshape((m, n)) for u, n in zip(self._units[:-1], self.sizes)]
 
             self._views[(cap, m)] = Views(
                 slots(A), slots(Z), slots(D), Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1]))
             )
         return self._views[(cap, m)]
 
-    # -- one batch, layer by layer ------------------------------------------------------------
-    def backprop_layers(self, v: Views, scale: float, stream: Any = 0) -> None:
-        """Forward, BP1, then BP4/BP3 and BP2 down the layers: nabla = scale * sum_x dC_x/dp.
+    # -- training -------------------------------------------------------------------------------
+    def update(self, lr: float, momentum: float, decay: float, velocity: Any = None) -> None:
+        """SGD on all parameters from nabla: weights with weight decay, biases without."""
+        nw, velocity = self.n_weights, self.velocity if velocity is None else velocity
+        self.k.sgd_update(self.params[:nw], self.nabla[:nw], velocity[:nw], lr, momentum, decay)
+        self.k.sgd_update(self.params[nw:], self.nabla[nw:], velocity[nw:], lr, momentum, 0.0)
 
-        ``stream`` (CUDA only): where to launch, e.g. a graph being recorded."""
-        k, L, acts = self.k, self.L, self.acts_list
-        s = () if isinstance(stream, int) and stream == 0 else (stream,)  # the CPU kernels take no stream
-        for l in range(L):
-            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], acts[l], *s)
-        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], self.loss, acts[L - 1], self.cost, *s)
-        for l in reversed(range(L)):
-            self.weight_gradient(v.D[l + 1], v.A[l], scale, self.gW[l], *s)
-            k.bias_gradient(v.D[l + 1], scale, self.gb[l], *s)
-            if l > 0:
-                self.hidden_error(v.D[l + 1], self.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], *s)
-
-    def _layers_batches(
-        self,
-        X: Any,
-        Y: Any,
-        order_d: Any,
-        start: int,
-        stop: int,
-        batch_size: int,
-        lr: float,
-        momentum: float,
-        decay: float,
-    ) -> None:
-        """Mini-batch SGD over rows order_d[start:stop] of X, batch by batch and launch by launch."""
-        for s in range(start, stop, batch_size):
-            e = min(s + batch_size, stop)
-            v = self.views(batch_size, e - s)
-            self.k.gather_rows(X, order_d[s:e], v.A[0])
-            self.k.gather_rows(Y, order_d[s:e], v.Y)
-            self.backprop_layers(v, 1.0 / (e - s))
-            self.update_layers(lr, momentum, decay)
-
-    def update_layers(self, lr: float, momentum: float, decay: float) -> None:
-        """SGD on all parameters: weights with weight decay, biases without."""
-        nw = self.n_weights
-        self.k.sgd_update(self.params[:nw], self.nabla[:nw], self.velocity[:nw], lr, momentum, decay)
-        self.k.sgd_update(self.params[nw:], self.nabla[nw:], self.velocity[nw:], lr, momentum, 0.0)
-
-    # -- the layers path, recorded once as a CUDA graph and replayed ---------------------------------
-    def _graph_batches(self, X: Any, Y: Any, batch_size: int, batches: int, stream: Any = 0) -> None:
-        """``batches`` full batches of the layers path, each starting where the device-side
-        offset points in the order buffer; the same launches every time, so recordable once."""
-        v, nw, k = self.views(batch_size, batch_size), self.n_weights, self.k
-        hyper_w, hyper_b = self._hyper
-        for _ in range(batches):
-            k.gather_rows_at(X, self._order, self._offset, v.A[0], stream)
-            k.gather_rows_at(Y, self._order, self._offset, v.Y, stream)
-            k.advance(self._offset, batch_size, stream)
-            self.backprop_layers(v, 1.0 / batch_size, stream)
-            k.sgd_update_from(self.params[:nw], self.nabla[:nw], self.velocity[:nw], hyper_w, stream)
-            k.sgd_update_from(self.params[nw:], self.nabla[nw:], self.velocity[nw:], hyper_b, stream)
-
-    def _warm_up(self, X: Any, Y: Any, batch_size: int) -> None:
-        """The next batch's gather and backprop_layers, run directly before a recording: every
-        kernel's module (and cuBLAS's, on the cublas-graph path) is then loaded outside the
-        recording. No update runs; the work buffers and nabla it writes are overwritten by the
-        first replay, and the cost it adds is taken back."""
-        v, k = self.views(batch_size, batch_size), self.k
-        cost = self.backend.empty(1, np.float64)
-        self.backend.copy(self.cost, cost)
-        k.gather_rows_at(X, self._order, self._offset, v.A[0])
-        k.gather_rows_at(Y, self._order, self._offset, v.Y)
-        self.backprop_layers(v, 1.0 / batch_size)
-        self.backend.copy(cost, self.cost)
-
-    def _graph_for(self, X: Any, Y: Any, batch_size: int, batches: int) -> Callable[[], None]:
-        """A function that runs ``_graph_batches``: a recorded CUDA graph on a GPU (recorded again
-        only for other X or Y memory, or another batch size); in Numba's simulator, which cannot
-        record, the launches themselves."""
-        buffers = self.buffers(batch_size)  # evaluate() may have swapped the work buffers since
-        key = (_address(X), X.shape, _address(Y), Y.shape, batch_size, id(buffers))
-        recorded = self._graphs.get(batches)
-        if recorded is not None and recorded[0] == key:
-            return recorded[1]
-        self._warm_up(X, Y, batch_size)
-        if self.backend.simulated:
-            replay = lambda: self._graph_batches(X, Y, batch_size, batches)  # noqa: E731
-        else:
-            from cuda.core import Device, Stream
-
-            device = Device()
-            device.set_current()
-            builder = device.create_stream().create_graph_builder()
-            builder.begin_building("relaxed")  # Numba may load a module during the first launches
-            self._graph_batches(X, Y, batch_size, batches, builder)
-            builder.end_building()
-            graph, null_stream = builder.complete(), Stream.from_handle(0)
-            replay = lambda: graph.launch(null_stream)  # noqa: E731  # the stream Numba launches on
-        self._graphs[batches] = (key, replay, X, Y, buffers)  # what the graph reads stays alive with it
-        return replay
-
-    def _train_epoch_graph(
-        self, X: Any, Y: Any, order: np.ndarray, batch_size: int, lr: float, momentum: float, decay: float, progress
-    ) -> None:
-        """The epoch's full batches by replaying ``_graph_for``: GRAPH_BATCHES at a time, then the
-        rest of them from a second recording; a last short batch launch by launch."""
-        n = len(order)
-        if self._order is None or self._order.shape[0] != n:
-            self._order = self.backend.empty(n, np.int64)
-            self._graphs.clear()
-        self.backend.copy(order.astype(np.int64), self._order)
-        self.backend.copy(np.zeros(1, np.int64), self._offset)
-        self.backend.copy(np.array([lr, momentum, decay]), self._hyper[0])
-        self.backend.copy(np.array([lr, momentum, 0.0]), self._hyper[1])
-        full = n // batch_size
-        replays, rest = divmod(full, GRAPH_BATCHES)
-        if replays:
-            replay = self._graph_for(X, Y, batch_size, GRAPH_BATCHES)
-            for r in range(replays):
-                replay()
-                if progress and (r + 1) % max(1, replays // 50) == 0:
-                    progress((r + 1) * GRAPH_BATCHES * batch_size, n)
-        if rest:
-            self._graph_for(X, Y, batch_size, rest)()
-        self._layers_batches(X, Y, self._order, full * batch_size, n, batch_size, lr, momentum, decay)
-        if progress:
-            progress(n, n)
-
-    # -- what the network asks for --------------------------------------------------------------
-    def path_for(self, batch_size: int) -> str:
-        """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
-        cannot run it)."""
-        if self.path not in ("auto", "epoch"):
-            return self.path
-        fits = getattr(self.k, "fused_fits", None)
-        fits = fits is None or fits(batch_size, self.sizes)
-        if self.path == "epoch":
-            if not fits:
-                raise ValueError(
-                    f"path='epoch' cannot train layers of {self.sizes} with batches of {batch_size} on "
-                    f"{self.backend.name}: a batch plus twice a layer's width must be at most "
-                    f"{self.k.FUSED_SHARED} (the fused kernel's shared buffer); use path='layers' or 'auto'"
-                )
-            return "epoch"
-        return "epoch" if fits and batch_size * self.n_weights <= FUSED_WORK else "layers"
+    def execution(self, batch_size: int) -> Execution:
+        """How an epoch with this batch size runs (ValueError if the path asked for cannot)."""
+        return choose(self.path, self.backend, self.sizes, batch_size, self.tuning)
 
     def train_epoch(
         self,
@@ -323,60 +300,52 @@ class Schedule:
         progress: Callable[[int, int], Any] | None = None,
     ) -> None:
         """Mini-batch SGD over the rows of X in ``order``; adds the batches' costs to ``cost``."""
-        if self.path in RECORDED:
-            self._train_epoch_graph(X, Y, order, batch_size, lr, momentum, decay, progress)
+        how = self.execution(batch_size)
+        n, hyper = len(order), (lr, momentum, decay)
+        if how.replay:
+            from .graphs import train_epoch_replayed
+
+            train_epoch_replayed(self, how.products, X, Y, order, batch_size, hyper, progress)
             return
-        n = len(order)
         order_d = self.backend.to_device(order.astype(np.int64))
         # Report progress a few dozen times an epoch, at batch boundaries.
         chunk = max(batch_size, -(-n // 50 // batch_size) * batch_size) if progress else n
+        engine = self.engine(how.products)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            if self.path_for(batch_size) == "epoch":
-                A, Z, D, Yb = self.buffers(batch_size)
-                layout, units, acts = self.tables
-                self.k.train_batches(
-                    X,
-                    Y,
-                    order_d,
-                    start,
-                    stop,
-                    batch_size,
-                    self.params,
-                    self.nabla,
-                    self.velocity,
-                    layout,
-                    units,
-                    acts,
-                    self.loss,
-                    A,
-                    Yb,
-                    Z,
-                    D,
-                    lr,
-                    momentum,
-                    decay,
-                    self.cost,
-                )
+            if how.whole_epoch:
+                engine.whole_epoch(X, Y, order_d, start, stop, batch_size, hyper)
             else:
-                self._layers_batches(X, Y, order_d, start, stop, batch_size, lr, momentum, decay)
+                self.steps(engine, X, Y, order_d, start, stop, batch_size, hyper)
             if progress:
                 progress(stop, n)
 
-    def gradients(self, X: Any, Y: Any) -> None:
-        """nabla = dC/dp for the cost averaged over all rows of X (one batch)."""
+    def steps(self, engine: Any, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple):
+        """Mini-batch SGD over rows order_d[start:stop] of X, one step call per batch."""
+        for s in range(start, stop, batch_size):
+            e = min(s + batch_size, stop)
+            v = self.views(batch_size, e - s)
+            self.k.gather_rows(X, order_d[s:e], v.A[0])
+            self.k.gather_rows(Y, order_d[s:e], v.Y)
+            engine.backprop(v, batch_size, e - s)
+            self.update(*hyper)
+
+    def gradients(self, X: Any, Y: Any) -> Views:
+        """nabla = dC/dp for the cost averaged over all rows of X (one batch); the views then hold
+        every layer's z, a and delta."""
         n = X.shape[0]
         v = self.views(n, n)
         self.backend.copy(X, v.A[0])
         self.backend.copy(Y, v.Y)
-        self.backprop_layers(v, 1.0 / n)
+        self.engine().backprop(v, n, n)
+        return v
 
+    # -- evaluation -------------------------------------------------------------------------------
     def feedforward_rows(self, X: Any, s: int, e: int, cap: int) -> Views:
         """Forward pass of rows s:e of X (at most ``cap`` of them) through every layer."""
         v = self.views(cap, e - s)
         self.backend.copy(X[s:e], v.A[0])
-        for l in range(self.L):
-            self.forward(v.A[l], self.W[l], self.b[l], v.Z[l + 1], v.A[l + 1], self.acts_list[l])
+        self.engine().forward(v, cap, e - s)
         return v
 
     def evaluate(self, X: Any, Y: Any, cap: int = 1024) -> tuple[float, int]:
@@ -409,10 +378,17 @@ class Schedule:
     def read_cost(self) -> float:
         return float(self.backend.to_host(self.cost)[0])
 
-    def nonfinite_params(self) -> int:
-        """How many parameters are NaN or inf (counted on the device)."""
+    def nonfinite(self, array: Any) -> int:
+        """How many entries of ``array`` (on the host or this device) are NaN or inf, counted in one
+        pass without a temporary array; the parameters if None."""
+        if isinstance(array, np.ndarray):
+            from .kernels import cpu
+
+            count = np.zeros(1, np.int64)
+            cpu.count_nonfinite(array.reshape(-1), count)
+            return int(count[0])
         self.backend.copy(np.zeros(1, np.int64), self.count)
-        self.k.count_nonfinite(self.params, self.count)
+        self.k.count_nonfinite(array.reshape(array.size), self.count)
         return int(self.backend.to_host(self.count)[0])
 
     def save_snapshot(self) -> None:
@@ -424,8 +400,15 @@ class Schedule:
         self.backend.copy(self._snapshot[0], self.params)
         self.backend.copy(self._snapshot[1], self.velocity)
 
-    def host_params(self) -> np.ndarray:
-        return self.backend.to_host(self.params)
+    def host(self, name: str) -> np.ndarray:
+        """A numpy copy of "params", "nabla" or "velocity"."""
+        return self.backend.to_host(getattr(self, name))
 
-    def set_params(self, params: np.ndarray) -> None:
-        self.backend.copy(np.ascontiguousarray(params, dtype=self.dtype), self.params)
+    def set_host(self, name: str, values: np.ndarray) -> None:
+        """Set "params" or "velocity" from a flat host array."""
+        self.backend.copy(np.ascontiguousarray(values, dtype=self.dtype), getattr(self, name))
+
+    def split(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-layer copies (W^l, b^l) of a flat host array in the parameters' layout."""
+        ws, bs = self._layer_views(flat)
+        return [w.copy() for w in ws], [b.copy() for b in bs]

@@ -1,0 +1,70 @@
+"""Version 1 of the fused epoch: the reference of kernels/cuda/fused.py, with the gather and the
+forward products reading every operand from global memory (one thread per output, walking a row
+of W: neighbouring threads read rows n_in apart, uncoalesced). The backward pass and update are
+the library's own stages. Launched like ``kernels.cuda.fused.train_batches``."""
+
+import functools
+
+from numba import cuda
+
+from gpubp.kernels.activations import SOFTMAX
+from gpubp.kernels.cuda import fused
+from gpubp.kernels.cuda.common import f, numba_type
+
+
+@functools.cache
+def build(T):
+    """The v1 fused kernel for element type ``T``."""
+    stages = fused.build(T).stages
+    _softmax_layer, _backward_update = stages.softmax_layer, stages.backward_update
+
+    @cuda.jit(device=True)
+    def _gather_v1(X, perm, s, m, Abuf, t, nt):
+        """The shuffled batch into slot 0: Abuf[i, c] = X[perm[s + i], c], one element per step."""
+        n0 = X.shape[1]
+        for e in range(t, m * n0, nt):
+            i = e // n0
+            Abuf[e] = X[perm[s + i], e - i * n0]
+
+    @cuda.jit(device=True)
+    def _forward_v1(params, layout, units, acts, cap, m, Abuf, Zbuf, t, nt):
+        """Forward, z = W a + b and a = f(z): one thread per output, operands from global memory."""
+        one = T(1)
+        for l in range(layout.shape[0]):
+            w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+            a_in, out = cap * units[l], cap * units[l + 1]
+            for e in range(t, m * n_out, nt):
+                i = e // n_out
+                j = e - i * n_out
+                acc = params[b_off + j]
+                for k in range(n_in):  # neighbouring threads read W rows n_in apart: uncoalesced
+                    acc += Abuf[a_in + i * n_in + k] * params[w_off + j * n_in + k]
+                Zbuf[out + e] = acc
+                if acts[l] != SOFTMAX:
+                    Abuf[out + e] = f(acc, acts[l], one)
+            cuda.syncthreads()
+            _softmax_layer(acts[l], m, n_out, out, Zbuf, Abuf, t, nt)
+
+    @cuda.jit
+    def train_fused_v1(X, Y, perm, start, stop, cap, params, velocity, layout, units, acts, loss, Abuf, Zbuf, Dbuf,
+                       lr, momentum, decay, cost):  # fmt: skip
+        """v1, the reference: the fused epoch with every operand read from global memory."""
+        t, nt = cuda.threadIdx.x, cuda.blockDim.x
+        for s in range(start, stop, cap):
+            m = min(cap, stop - s)
+            _gather_v1(X, perm, s, m, Abuf, t, nt)
+            cuda.syncthreads()
+            _forward_v1(params, layout, units, acts, cap, m, Abuf, Zbuf, t, nt)
+            _backward_update(Y, perm, s, m, params, velocity, layout, units, acts, loss, cap, Abuf, Zbuf, Dbuf,
+                             lr, momentum, decay, cost, t, nt)  # fmt: skip
+
+    return train_fused_v1
+
+
+def train_batches(X, Y, perm, start: int, stop: int, batch_size: int, params, nabla, velocity, layout, units, acts,
+                  loss: int, Abuf, Ybuf, Zbuf, Dbuf, lr: float, momentum: float, decay: float, cost,
+                  stream=0, threads: int = fused.THREADS, shared: int = fused.SHARED) -> None:  # fmt: skip
+    """The contract of ``kernels.cuda.fused.train_batches``, run by train_fused_v1."""
+    build(numba_type(params.dtype))[1, threads, stream](X, Y, perm, start, stop, batch_size, params, velocity, layout,
+                                                       units, acts, loss, Abuf, Zbuf, Dbuf, lr, momentum, decay,
+                                                       cost)  # fmt: skip

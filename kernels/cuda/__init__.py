@@ -1,0 +1,72 @@
+"""@cuda.jit kernels and their host-side launchers: the contracts listed in ``gpubp.kernels``.
+
+Layout. Rows are samples, as on the CPU: A^(l-1) is (m, n_in), W^l is (n_out, n_in), b^l is
+(n_out,), Z^l, A^l and Delta^l are (m, n_out). Every array is a C-contiguous numba device array
+(often a view of one flat device buffer) and all arrays of one call share one dtype, float32 or
+float64. Launchers have the names and argument order of ``kernels.cpu`` plus a keyword
+``stream=0``; they pick the kernel built for the arrays' dtype, size the grid themselves and
+launch asynchronously. They never validate (the driver checks shapes and dtypes once) and never
+allocate. Shared arrays need their dtype at compile time, so each family builds its kernels per
+element type in a cached ``build(T)``.
+
+One module per family of kernels:
+
+| module         | kernels                                                                 |
+|----------------|-------------------------------------------------------------------------|
+| ``products``   | forward (Z = A_prev W^T + b, A = f(Z)), BP2, BP4: tiled and register-blocked |
+| ``elementwise``| BP1, BP3, softmax, SGD, the cuBLAS epilogues, gather and counts          |
+| ``fused``      | a whole epoch in one launch (``train_batches``)                          |
+| ``cublas``     | the products by cuBLAS through CuPy, then an elementwise epilogue        |
+"""
+
+from types import SimpleNamespace
+
+from . import cublas, elementwise, fused, products
+from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas
+from .elementwise import (
+    advance,
+    bias_gradient,
+    count_correct,
+    count_nonfinite,
+    gather_rows,
+    gather_rows_at,
+    output_error,
+    sgd_update,
+    sgd_update_from,
+)
+from .fused import train_batches
+from .products import forward, hidden_error, weight_gradient
+
+__all__ = [
+    "advance",
+    "bias_gradient",
+    "check_cublas",
+    "count_correct",
+    "count_nonfinite",
+    "cublas",
+    "elementwise",
+    "forward",
+    "forward_cublas",
+    "fused",
+    "gather_rows",
+    "gather_rows_at",
+    "hidden_error",
+    "hidden_error_cublas",
+    "output_error",
+    "products",
+    "sgd_update",
+    "sgd_update_from",
+    "stream_pointer",
+    "train_batches",
+    "weight_gradient",
+    "weight_gradient_cublas",
+]
+
+
+def builds(T) -> SimpleNamespace:
+    """Every @cuda.jit kernel of every family for element type ``T``, by name (for compiling each
+    to PTX without a GPU; which signatures to compile is recorded from real launches by the tests)."""
+    merged = {}
+    for family in (products.build(T), elementwise.build(T), fused.build(T)):
+        merged.update({name: k for name, k in vars(family).items() if not isinstance(k, SimpleNamespace)})
+    return SimpleNamespace(**merged)

@@ -1,0 +1,210 @@
+"""Kernels of one thread per element, row or column: BP1, BP3, softmax, the SGD update, the
+epilogues of the cuBLAS products, and the bookkeeping (gathering a batch, counting).
+
+Formulas for f, f', softmax and the cost/BP1 of one row come from ``activations`` and ``losses``
+as device functions, so these kernels evaluate the same expressions as the CPU ones.
+"""
+
+import functools
+import math
+from types import SimpleNamespace
+
+from numba import cuda
+
+from ..activations import SOFTMAX
+from .common import BLOCK2, FLAT, ROWS, f, fprime, grid1, grid2, numba_type, output_error_row, softmax_row
+
+NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
+
+
+@functools.cache
+def build(T):
+    """This family's kernels for element type ``T`` (numba.float32 or numba.float64)."""
+
+    @cuda.jit
+    def softmax_rows(Z, A):
+        """Feedforward, softmax output layer: A[i] = softmax(Z[i]), one thread per row."""
+        i = cuda.grid(1)
+        if i < Z.shape[0]:
+            softmax_row(Z[i], A[i])
+
+    @cuda.jit
+    def output_error(Z, A, Y, Delta, loss, act, cost):
+        """BP1: Delta[i] = grad_a C ⊙ f'(Z[i]), one thread per row; cost[0] += sum_i C_x(i)."""
+        i = cuda.grid(1)
+        if i < Z.shape[0]:
+            c = output_error_row(Z[i], A[i], Y[i], Delta[i], loss, act)
+            cuda.atomic.add(cost, 0, c)
+
+    @cuda.jit
+    def bias_gradient(Delta, scale, nabla_b):
+        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j], one thread per column."""
+        j = cuda.grid(1)
+        if j < nabla_b.shape[0]:
+            acc = T(0)
+            for i in range(Delta.shape[0]):
+                acc += Delta[i, j]  # neighbouring threads read neighbouring columns
+            nabla_b[j] = T(scale) * acc
+
+    @cuda.jit
+    def bias_activation(Z, b, A, act):
+        """Feedforward after Z = A_prev W^T: Z += b, A = f(Z) (A untouched for softmax)."""
+        j, i = cuda.grid(2)
+        if i < Z.shape[0] and j < Z.shape[1]:
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            if act != SOFTMAX:
+                A[i, j] = f(z, act, T(1))
+
+    @cuda.jit
+    def times_fprime(Z, A, Delta, act):
+        """BP2 after Delta = Delta_next W_next: the Hadamard product Delta ⊙= f'(Z)."""
+        j, i = cuda.grid(2)
+        if i < Delta.shape[0] and j < Delta.shape[1]:
+            Delta[i, j] = Delta[i, j] * fprime(Z[i, j], A[i, j], act, T(1))
+
+    @cuda.jit
+    def sgd_update(P, nabla, velocity, lr, momentum, decay):
+        """SGD update with momentum and L2 decay: v = momentum v - lr (nabla + decay P); P += v."""
+        k = cuda.grid(1)
+        if k < P.shape[0]:
+            p = P[k]
+            v = T(momentum) * velocity[k] - T(lr) * (nabla[k] + T(decay) * p)
+            velocity[k] = v
+            P[k] = p + v
+
+    @cuda.jit
+    def sgd_update_from(P, nabla, velocity, hyper):
+        """sgd_update with (lr, momentum, decay) read from the device array ``hyper``, so a recorded
+        CUDA graph replays with this epoch's values."""
+        k = cuda.grid(1)
+        if k < P.shape[0]:
+            p = P[k]
+            v = T(hyper[1]) * velocity[k] - T(hyper[0]) * (nabla[k] + T(hyper[2]) * p)
+            velocity[k] = v
+            P[k] = p + v
+
+    @cuda.jit
+    def gather_rows(src, idx, dst):
+        """Mini-batch gather: dst[i, c] = src[idx[i], c], one thread per element of dst."""
+        t = cuda.grid(1)
+        n = dst.shape[1]
+        if t < dst.shape[0] * n:
+            i = t // n
+            dst[i, t - i * n] = src[idx[i], t - i * n]
+
+    @cuda.jit
+    def gather_rows_at(src, perm, offset, dst):
+        """gather_rows of the batch that starts at the device-side position offset[0] of perm:
+        dst[i, c] = src[perm[offset[0] + i], c], so a recorded CUDA graph gathers the next batch."""
+        t = cuda.grid(1)
+        n = dst.shape[1]
+        if t < dst.shape[0] * n:
+            i = t // n
+            dst[i, t - i * n] = src[perm[offset[0] + i], t - i * n]
+
+    @cuda.jit
+    def advance(offset, step):
+        """offset[0] += step: on to the next batch (one thread)."""
+        if cuda.grid(1) == 0:
+            offset[0] += step
+
+    @cuda.jit
+    def count_nonfinite(P, out):
+        """Divergence check: out[0] += number of NaN/inf entries of P (grid-stride loop)."""
+        start, step = cuda.grid(1), cuda.gridsize(1)
+        count = 0
+        for k in range(start, P.shape[0], step):
+            if not math.isfinite(P[k]):
+                count += 1
+        if count > 0:  # almost never: no atomics on the healthy path
+            cuda.atomic.add(out, 0, count)
+
+    @cuda.jit
+    def count_correct(A, Y, correct):
+        """Accuracy: correct[0] += 1 for each row i with argmax A[i] == argmax Y[i] (first max wins);
+        a row with a NaN output never counts."""
+        i = cuda.grid(1)
+        if i < A.shape[0]:
+            a_best, y_best, nan = 0, 0, A[i, 0] != A[i, 0]
+            for j in range(1, A.shape[1]):
+                nan = nan or A[i, j] != A[i, j]
+                if A[i, j] > A[i, a_best]:
+                    a_best = j
+                if Y[i, j] > Y[i, y_best]:
+                    y_best = j
+            if a_best == y_best and not nan:
+                cuda.atomic.add(correct, 0, 1)
+
+    return SimpleNamespace(**{name: obj for name, obj in locals().items() if name != "T"})
+
+
+def kernels(dtype):
+    """This family's kernels for a numpy dtype."""
+    return build(numba_type(dtype))
+
+
+# ---- launchers: the names and argument order of kernels.cpu, plus stream -----------------------
+
+
+def softmax(Z, A, stream=0) -> None:
+    """A[i] = softmax(Z[i]) for every row (after a product kernel wrote Z, on the same stream)."""
+    kernels(Z.dtype).softmax_rows[grid1(Z.shape[0], ROWS), ROWS, stream](Z, A)
+
+
+def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
+    """BP1: Delta = grad_a C ⊙ f'(Z) for every row; cost[0] += sum of the rows' costs C_x."""
+    kernels(Z.dtype).output_error[grid1(Z.shape[0], ROWS), ROWS, stream](Z, A, Y, Delta, loss, act, cost)
+
+
+def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> None:
+    """BP3 summed over the batch: nabla_b = scale * sum_x Delta (overwrites nabla_b)."""
+    kernels(nabla_b.dtype).bias_gradient[grid1(nabla_b.shape[0], ROWS), ROWS, stream](Delta, scale, nabla_b)
+
+
+def bias_activation(Z, b, A, act: int, stream=0) -> None:
+    """Z += b, A = f(Z): the rest of the forward pass after a GEMM wrote Z = A_prev W^T."""
+    kernels(Z.dtype).bias_activation[grid2(*Z.shape), BLOCK2, stream](Z, b, A, act)
+    if act == SOFTMAX:
+        softmax(Z, A, stream)
+
+
+def times_fprime(Z, A, Delta, act: int, stream=0) -> None:
+    """Delta ⊙= f'(Z): the rest of BP2 after a GEMM wrote Delta = Delta_next W_next."""
+    kernels(Delta.dtype).times_fprime[grid2(*Delta.shape), BLOCK2, stream](Z, A, Delta, act)
+
+
+def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, stream=0) -> None:
+    """SGD on flat arrays: v = momentum v - lr (nabla + decay P);  P += v."""
+    kernels(P.dtype).sgd_update[grid1(P.shape[0], FLAT), FLAT, stream](P, nabla, velocity, lr, momentum, decay)
+
+
+def sgd_update_from(P, nabla, velocity, hyper, stream=0) -> None:
+    """SGD on flat arrays with hyper = (lr, momentum, decay) on the device (float64)."""
+    kernels(P.dtype).sgd_update_from[grid1(P.shape[0], FLAT), FLAT, stream](P, nabla, velocity, hyper)
+
+
+def gather_rows(src, idx, dst, stream=0) -> None:
+    """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
+    kernels(dst.dtype).gather_rows[grid1(dst.size, FLAT), FLAT, stream](src, idx, dst)
+
+
+def gather_rows_at(src, perm, offset, dst, stream=0) -> None:
+    """dst[i] = src[perm[offset[0] + i]]: the batch at a position held on the device (int64[1])."""
+    kernels(dst.dtype).gather_rows_at[grid1(dst.size, FLAT), FLAT, stream](src, perm, offset, dst)
+
+
+def advance(offset, step: int, stream=0) -> None:
+    """offset[0] += step on the device (offset: int64[1])."""
+    build(numba_type(offset.dtype)).advance[1, 1, stream](offset, step)
+
+
+def count_nonfinite(P, out, stream=0, max_blocks: int = NONFINITE_BLOCKS) -> None:
+    """out[0] += number of NaN/inf entries of the flat array P (out: int64, 1 element)."""
+    blocks = min(grid1(P.shape[0], FLAT), max_blocks)
+    kernels(P.dtype).count_nonfinite[blocks, FLAT, stream](P, out)
+
+
+def count_correct(A, Y, correct, stream=0) -> None:
+    """correct[0] += number of rows with argmax A[i] == argmax Y[i] (correct: int64, 1 element)."""
+    kernels(A.dtype).count_correct[grid1(A.shape[0], ROWS), ROWS, stream](A, Y, correct)
