@@ -2,7 +2,8 @@
 
     python -m benchmarks.fused_sweep [--threads 128,256,512] [--epochs 3] [--out FOLDER]
 
-As llm.c's dev/cuda: every version (``kernels.cuda.train_fused_v1``, ``_v2``, ...) first trains
+As llm.c's dev/cuda: every version (1: ``benchmarks/variants/cuda_fused_v1.py``, 2: the library's
+``kernels/cuda/fused.py``) first trains
 the first 2,000 rows of the data in float64 and must match the CPU's float64 epoch path to 1e-9
 (relative, in the parameters); then one float32 epoch of 60,000 rows is timed per
 (configuration, version, threads), median of ``--epochs`` epochs after one warm-up. Times are
@@ -28,7 +29,7 @@ CHECK_ROWS = 2000
 CHECK_TOL = 1e-9
 
 
-def _net(cfg, device: str, dtype: str, path: str):
+def _net(cfg, device: str, dtype: str, path: str, threads: int = 512):
     import gpubp
 
     return gpubp.Network(
@@ -40,6 +41,7 @@ def _net(cfg, device: str, dtype: str, path: str):
         device=device,
         seed=0,
         path=path,
+        tuning=gpubp.Tuning(fused_threads=threads),
     )
 
 
@@ -57,11 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("fused_sweep needs a real CUDA GPU")
     from gpubp.kernels import cuda as kc
 
+    from .variants import cuda_fused_v1
+
+    launchers = {1: cuda_fused_v1.train_batches, 2: kc.train_batches}
+
     data = load_data()
     Y = one_hot(data.y).astype(np.float32)
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
-    default_version, default_threads = kc.FUSED_VERSION, kc.FUSED_THREADS
     try:
         for name in SWEEP_CONFIGS:
             cfg = CONFIGS[name]
@@ -70,16 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             ref.fit(X64, Y64, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr)
             want = _flat(ref)
             for version in VERSIONS:
-                kc.FUSED_VERSION = version
+                kc.train_batches = launchers[version]
                 for nt in threads:
-                    kc.FUSED_THREADS = nt
                     row = {"config": name, "version": version, "threads": nt}
                     try:
-                        got = _net(cfg, "cuda", "float64", "epoch")
+                        got = _net(cfg, "cuda", "float64", "epoch", nt)
                         got.fit(X64, Y64, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr)
                         err = float(np.linalg.norm(_flat(got) - want) / np.linalg.norm(want))
                         row["rel_error_f64"] = err
-                        net = _net(cfg, "cuda", "float32", "epoch")
+                        net = _net(cfg, "cuda", "float32", "epoch", nt)
                         h = net.fit(data.X, Y, epochs=1 + args.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
                         row["epoch_s"] = h["seconds"][1:]
                         row["median_s"] = statistics.median(row["epoch_s"])
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     finally:
-        kc.FUSED_VERSION, kc.FUSED_THREADS = default_version, default_threads
+        kc.train_batches = launchers[2]
     record = {"date": today(), "gpu": gpu_name(), "data": data.source, "check_rows": CHECK_ROWS, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{machine_slug(machine_info())}_{record['date']}_fused-sweep.json"

@@ -108,14 +108,18 @@ def host_arrays(op: str, m: int, n_in: int, n_out: int, seed: int = 0) -> dict[s
 
 
 # The products' numbered CUDA versions, timed beside the default launcher (which picks by shape).
-CUDA_VERSIONS = {op: ["tiled", "blocked", "cublas"] for op in ("forward", "hidden_error", "weight_gradient")}
+CUDA_VERSIONS = {op: ["naive", "tiled", "blocked", "cublas"] for op in ("forward", "hidden_error", "weight_gradient")}
 
 
 def gpubp_call(k, op: str, a: dict, sigmoid: int, quadratic: int, version: str | None = None):
     """A no-argument function running gpubp's kernel ``op`` (module ``k``: cpu or cuda) on arrays ``a``;
     ``version`` names one of the CUDA products' versions (``forward_blocked``, ...)."""
-    if version:
-        k = SimpleNamespace(**{op: getattr(k, f"{op}_{version}")})
+    if version == "naive":
+        from .variants import cuda_naive
+
+        k = SimpleNamespace(**{op: getattr(cuda_naive, f"{op}_naive")})
+    elif version:
+        k = SimpleNamespace(**{op: getattr(k.products if version != "cublas" else k, f"{op}_{version}")})
     if op == "forward":
         return lambda: k.forward(a["A_prev"], a["W"], a["b"], a["Z"], a["A"], sigmoid)
     if op == "output_error":

@@ -33,8 +33,9 @@ def initial_params(cfg, seed=0):
 
 class GpubpMLP:
     """gpubp on ``device``; on CUDA ``path`` and ``fused_version`` force one way of running an epoch
-    (``kernels.cuda.FUSED_VERSION`` is set around each of this peer's epochs), so one run can time
-    every path; the peer is then named e.g. gpubp-cuda[epoch-v1].
+    (version 1 of the fused kernel, from ``benchmarks/variants``, stands in for the library's
+    around each of this peer's epochs), so one run can time every path; the peer is then named
+    e.g. gpubp-cuda[epoch-v1].
 
     On CUDA the training data is copied to the GPU once, on the first epoch, and every ``fit``
     gets the GPU arrays, as the torch peer keeps its tensors on the device: an epoch's time is
@@ -69,18 +70,20 @@ class GpubpMLP:
         return self._data[2:]
 
     def epoch(self, X, Y, batch_size, lr):
-        if self.fused_version:
+        if self.fused_version == 1:
             from gpubp.kernels import cuda as kc
 
-            default, kc.FUSED_VERSION = kc.FUSED_VERSION, self.fused_version
+            from .variants import cuda_fused_v1
+
+            default, kc.train_batches = kc.train_batches, cuda_fused_v1.train_batches
         if self.device == "cuda":
             X, Y = self._resident(X, Y)
         try:
             history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, lr=lr, shuffle=True)
             self.synchronize()
         finally:
-            if self.fused_version:
-                kc.FUSED_VERSION = default
+            if self.fused_version == 1:
+                kc.train_batches = default
         if isinstance(history, dict) and history.get("seconds"):
             self.last_fit_seconds = history["seconds"][-1]
 
@@ -103,8 +106,10 @@ def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     can be checked from both sides)."""
     from gpubp.kernels import cuda as kc
 
-    from gpubp.schedule import FUSED_WORK
+    import gpubp
+    from gpubp.graphs import check_graphs
 
+    tuning = gpubp.Tuning()
     n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))
     out = [("layers", None)]
 
@@ -118,12 +123,12 @@ def cuda_variants(cfg) -> list[tuple[str, int | None]]:
 
     wide = cfg.batch_size >= 128  # a GEMM call per product: not for tiny batches
     for path, checks, worth in (
-        ("graph", (kc.check_graphs,), True),
+        ("graph", (check_graphs,), True),
         ("cublas", (kc.check_cublas,), wide),
-        ("cublas-graph", (kc.check_cublas, kc.check_graphs), wide),
+        ("cublas-graph", (kc.check_cublas, check_graphs), wide),
     ):
         if worth and usable(*checks):
             out.append((path, None))
-    if kc.fused_fits(cfg.batch_size, cfg.sizes) and cfg.batch_size * n_weights <= 8 * FUSED_WORK:
+    if kc.fused.fits(cfg.batch_size, cfg.sizes) and cfg.batch_size * n_weights <= 8 * tuning.fused_work:
         out += [("epoch", 1), ("epoch", 2)]
     return out

@@ -57,7 +57,7 @@ class Recordings:
             k.gather_rows_at(X, self.order, self.offset, v.A[0], stream)
             k.gather_rows_at(Y, self.order, self.offset, v.Y, stream)
             k.advance(self.offset, batch_size, stream)
-            engine.backprop(v, batch_size, batch_size, stream)
+            engine.backprop(v, batch_size, batch_size, 1.0 / batch_size, stream)
             k.sgd_update_from(s.params[:nw], s.nabla[:nw], s.velocity[:nw], self.hyper[0], stream)
             k.sgd_update_from(s.params[nw:], s.nabla[nw:], s.velocity[nw:], self.hyper[1], stream)
 
@@ -70,7 +70,7 @@ class Recordings:
         s.backend.copy(s.cost, cost)
         s.k.gather_rows_at(X, self.order, self.offset, v.A[0])
         s.k.gather_rows_at(Y, self.order, self.offset, v.Y)
-        engine.backprop(v, batch_size, batch_size)
+        engine.backprop(v, batch_size, batch_size, 1.0 / batch_size)
         s.backend.copy(cost, s.cost)
 
     def replay_for(self, engine: Any, X: Any, Y: Any, batch_size: int, batches: int) -> Callable[[], None]:

@@ -137,11 +137,11 @@ class CpuEngine:
         A, Z, _, _ = s.buffers(cap)
         self.k.feedforward(s.params, s.layout, s.units, s.acts, A, Z, cap, m)
 
-    def backprop(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
-        """nabla = (1/m) sum_x dC_x/dp over the batch in the work buffers; cost += sum_x C_x."""
+    def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
+        """nabla = scale sum_x dC_x/dp over the batch of m rows in the work buffers; cost += sum_x C_x."""
         s = self.s
         A, Z, D, _ = s.buffers(cap)
-        self.k.step(s.params, s.nabla, s.velocity, s.layout, s.units, s.acts, s.loss, v.Y, A, Z, D, cap, m,
+        self.k.step(s.params, s.nabla, s.velocity, s.layout, s.units, s.acts, s.loss, v.Y, A, Z, D, cap, m, scale,
                     0.0, 0.0, 0.0, s.cost, False)  # fmt: skip
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
@@ -168,8 +168,8 @@ class CudaEngine:
         for l in range(s.L):
             forward(v.A[l], s.W[l], s.b[l], v.Z[l + 1], v.A[l + 1], s.acts_list[l], stream)
 
-    def backprop(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
-        """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = (1/m) sum_x dC_x/dp.
+    def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
+        """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = scale sum_x dC_x/dp.
 
         ``stream``: where to launch, e.g. a CUDA graph being recorded."""
         s, k, L, acts = self.s, self.k, self.s.L, self.s.acts_list
@@ -177,8 +177,8 @@ class CudaEngine:
         self.forward(v, cap, m, stream)
         k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], s.loss, acts[L - 1], s.cost, stream)  # BP1
         for l in reversed(range(L)):
-            weight_gradient(v.D[l + 1], v.A[l], 1.0 / m, s.gW[l], stream)  # BP4
-            k.bias_gradient(v.D[l + 1], 1.0 / m, s.gb[l], stream)  # BP3
+            weight_gradient(v.D[l + 1], v.A[l], scale, s.gW[l], stream)  # BP4
+            k.bias_gradient(v.D[l + 1], scale, s.gb[l], stream)  # BP3
             if l > 0:  # BP2
                 hidden_error(v.D[l + 1], s.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
 
@@ -261,7 +261,12 @@ class Schedule:
                 del self._buffers[oldest]
                 self._views = {key: v for key, v in self._views.items() if key[0] != oldest}
             n, e = cap * int(self._units[-1]), self.backend.empty
-            self._buffers[cap] = (e(n, self.dtype), e(n, self.dtype), e(n, self.dtype), e(cap * self.sizes[-1], self.dtype))
+            self._buffers[cap] = (
+                e(n, self.dtype),
+                e(n, self.dtype),
+                e(n, self.dtype),
+                e(cap * self.sizes[-1], self.dtype),
+            )
         return self._buffers[cap]
 
     def views(self, cap: int, m: int) -> Views:
@@ -327,7 +332,7 @@ class Schedule:
             v = self.views(batch_size, e - s)
             self.k.gather_rows(X, order_d[s:e], v.A[0])
             self.k.gather_rows(Y, order_d[s:e], v.Y)
-            engine.backprop(v, batch_size, e - s)
+            engine.backprop(v, batch_size, e - s, 1.0 / (e - s))
             self.update(*hyper)
 
     def gradients(self, X: Any, Y: Any) -> Views:
@@ -337,7 +342,7 @@ class Schedule:
         v = self.views(n, n)
         self.backend.copy(X, v.A[0])
         self.backend.copy(Y, v.Y)
-        self.engine().backprop(v, n, n)
+        self.engine().backprop(v, n, n, 1.0 / n)
         return v
 
     # -- evaluation -------------------------------------------------------------------------------

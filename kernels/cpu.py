@@ -212,16 +212,6 @@ def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, mo
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
 
 
-@jit
-def layer_gradients(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay, update):
-    """BP4 and BP3 of one layer into nabla_w and nabla_b; with ``update``, fused with its SGD step."""
-    if update:
-        sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay)
-    else:
-        weight_gradient(Delta, A_prev, scale, nabla_w)
-        bias_gradient(Delta, scale, nabla_b)
-
-
 # ---------------------------------------------------------------------------------------------
 # The engine. Parameters live in one flat array ``params``: all weights W^1..W^L, then all biases.
 # ``layout`` row l holds (offset of W^l, offset of b^l, n_out, n_in); ``units[l]`` = sum(sizes[:l]).
@@ -289,28 +279,31 @@ def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
 
 
 @jit
-def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, lr, momentum, decay, cost,
-         update):  # fmt: skip
+def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, scale, lr, momentum, decay,
+         cost, update):  # fmt: skip
     """One mini-batch of backpropagation on the batch in slot 0 of Abuf: the CPU's layer order.
 
     Forward down the layers, BP1, then from layer L down: BP2 (reading W^l before it changes),
-    then BP3/BP4 into ``nabla`` with scale 1/m and, if ``update``, the SGD step of that layer
-    fused with them (each row of nabla_w used while in cache). With ``update`` false the work
+    then BP3/BP4 into ``nabla``, scaled by ``scale`` (1/m: the batch's mean), and, if ``update``,
+    the SGD step of that layer fused with them (each row of nabla_w used while in cache). With ``update`` false the work
     buffers keep every z, a and delta and ``nabla`` the gradient, for an update elsewhere.
     """
     L = layout.shape[0]
     feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
     D, Z, A = slot(Dbuf, units, L, cap, m), slot(Zbuf, units, L, cap, m), slot(Abuf, units, L, cap, m)
     output_error(Z, A, Y, D, loss, acts[L - 1], cost)  # BP1
-    scale = 1.0 / m
     for l in range(L - 1, -1, -1):
         delta, A_prev = slot(Dbuf, units, l + 1, cap, m), slot(Abuf, units, l, cap, m)
         W, b = weights(params, layout, l)
         if l > 0:  # BP2: delta^(l-1) from W^l, before W^l is updated
             hidden_error(delta, W, slot(Zbuf, units, l, cap, m), A_prev, slot(Dbuf, units, l, cap, m), acts[l - 1])
         gW, gb = weights(nabla, layout, l)
-        vW, vb = weights(velocity, layout, l)
-        layer_gradients(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay, update)  # BP3, BP4
+        if update:  # BP4, BP3 and the update, fused
+            vW, vb = weights(velocity, layout, l)
+            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay)
+        else:
+            weight_gradient(delta, A_prev, scale, gW)  # BP4
+            bias_gradient(delta, scale, gb)  # BP3
 
 
 @jit
@@ -326,5 +319,5 @@ def train_batches(
         gather_rows(X, perm[s:e], slot(Abuf, units, 0, cap, m))
         Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
         gather_rows(Y, perm[s:e], Yb)
-        step(params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, lr, momentum, decay, cost,
-             True)  # fmt: skip
+        step(params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m,
+             lr, momentum, decay, cost, True)  # fmt: skip

@@ -5,7 +5,8 @@ import pytest
 import reference as ref
 from gpubp.kernels import activations, cpu, losses
 
-SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33)]  # (m, n_in, n_out)
+# (m, n_in, n_out); from cpu.BLAS_ROWS rows up the products call BLAS: (40, 17, 5) takes that branch
+SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33), (40, 17, 5)]
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -98,3 +99,24 @@ def test_counts_and_gather(rng):
     dst = np.empty((7, 4))
     cpu.gather_rows(A, idx, dst)
     np.testing.assert_array_equal(dst, A[idx])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [3, 5, 40])  # 5: a sample past the blocks of four; 40: the BLAS branch
+def test_sgd_layer_is_bp3_bp4_and_the_update_fused(rng, dtype, m):
+    assert (m >= cpu.BLAS_ROWS) == (m == 40)
+    n_out, n_in = 6, 9
+    delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
+    W, b, vW, vb = (rng.standard_normal(s) for s in ((n_out, n_in), n_out, (n_out, n_in), n_out))
+    Wd, bd, vWd, vbd = (x.astype(dtype) for x in (W, b, vW, vb))
+    gW, gb = np.full((n_out, n_in), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    lr, scale, momentum, decay = 0.3, 1 / m, 0.9, 0.01
+    cpu.sgd_layer(delta.astype(dtype), A_prev.astype(dtype), Wd, bd, gW, gb, vWd, vbd, lr, scale, momentum, decay)
+    nabla_w, nabla_b = scale * delta.T @ A_prev, scale * delta.sum(axis=0)
+    close(gW, nabla_w, dtype)
+    close(gb, nabla_b, dtype)
+    vW_new, vb_new = momentum * vW - lr * (nabla_w + decay * W), momentum * vb - lr * nabla_b
+    close(vWd, vW_new, dtype)
+    close(Wd, W + vW_new, dtype)
+    close(vbd, vb_new, dtype)
+    close(bd, b + vb_new, dtype)

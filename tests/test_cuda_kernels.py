@@ -22,7 +22,11 @@ import pytest
 import reference as ref
 from gpubp.kernels import activations, losses
 from gpubp.kernels import cuda as kc
+from gpubp.kernels.cuda import products
 from numba import cuda
+
+import gpubp
+from benchmarks.variants import cuda_naive
 
 pytestmark = pytest.mark.cuda
 
@@ -32,9 +36,19 @@ ACT = activations.CODES
 LOSS = losses.CODES
 ELEMENTWISE = ["sigmoid", "tanh", "relu", "linear"]
 
-FORWARD = {v: getattr(kc, f"forward_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
-HIDDEN = {v: getattr(kc, f"hidden_error_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
-WEIGHT = {v: getattr(kc, f"weight_gradient_{v}") for v in ("tiled", "naive", "blocked", "cublas")}
+
+def versions(name):
+    """Every version of a product: the naive reference beside the benchmarks, the library's tiled,
+    blocked and cuBLAS ones."""
+    return {
+        "naive": getattr(cuda_naive, f"{name}_naive"),
+        "tiled": getattr(products, f"{name}_tiled"),
+        "blocked": getattr(products, f"{name}_blocked"),
+        "cublas": getattr(kc, f"{name}_cublas"),
+    }
+
+
+FORWARD, HIDDEN, WEIGHT = versions("forward"), versions("hidden_error"), versions("weight_gradient")
 
 
 def needs(version: str) -> None:
@@ -146,7 +160,7 @@ def test_blocked_products_span_several_blocks(dtype, rng):
     m, n_in, n_out = 65, 20, 66
     X, W, b = normal(rng, (m, n_in), dtype), normal(rng, (n_out, n_in), dtype), normal(rng, n_out, dtype)
     Z, A = poisoned((m, n_out), dtype), poisoned((m, n_out), dtype)
-    assert kc._blocked(m, n_out)  # what the default launcher ``forward`` runs
+    assert products.blocked(m, n_out)  # what the default launcher ``forward`` runs
     kc.forward(cuda.to_device(X), cuda.to_device(W), cuda.to_device(b), Z, A, ACT["tanh"])
     x, w = f64(X), f64(W)
     z = x @ w.T + f64(b)
@@ -156,12 +170,12 @@ def test_blocked_products_span_several_blocks(dtype, rng):
     D, Wn, Zh = normal(rng, (m, n_out), dtype), normal(rng, (n_out, n_in), dtype), normal(rng, (m, n_in), dtype)
     Ah = np.tanh(f64(Zh)).astype(dtype)
     Delta = poisoned((m, n_in), dtype)
-    kc.hidden_error_blocked(*(cuda.to_device(v) for v in (D, Wn, Zh, Ah)), Delta, ACT["tanh"])
+    products.hidden_error_blocked(*(cuda.to_device(v) for v in (D, Wn, Zh, Ah)), Delta, ACT["tanh"])
     d, wn, fp = f64(D), f64(Wn), fprime_ref(f64(Zh), f64(Ah), "tanh")
     check(Delta.copy_to_host(), (d @ wn) * fp, (np.abs(d) @ np.abs(wn)) * np.abs(fp), dtype)
 
     nabla_w = poisoned((n_out, n_in), dtype)
-    kc.weight_gradient_blocked(cuda.to_device(D), cuda.to_device(X), 0.5, nabla_w)
+    products.weight_gradient_blocked(cuda.to_device(D), cuda.to_device(X), 0.5, nabla_w)
     check(nabla_w.copy_to_host(), 0.5 * d.T @ x, 0.5 * np.abs(d).T @ np.abs(x), dtype)
 
 
@@ -323,18 +337,16 @@ def test_stream_pointer_of_every_kind_of_launch_stream():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
-@pytest.mark.parametrize("n,blocks", [(1, None), (300, None), (600, 1)])  # 1 block: the grid-stride loop
-def test_count_nonfinite(n, blocks, dtype, rng, monkeypatch):
-    if blocks is not None:
-        monkeypatch.setattr(kc, "NONFINITE_BLOCKS", blocks)
+@pytest.mark.parametrize("n,blocks", [(1, 1024), (300, 1024), (600, 1)])  # 1 block: the grid-stride loop
+def test_count_nonfinite(n, blocks, dtype, rng):
     P = normal(rng, n, dtype)
     out = cuda.to_device(np.array([5], np.int64))
-    kc.count_nonfinite(cuda.to_device(P), out)
+    kc.count_nonfinite(cuda.to_device(P), out, max_blocks=blocks)
     assert out.copy_to_host()[0] == 5  # all finite: nothing added
 
     bad = rng.choice(n, size=min(n, 7), replace=False)
     P[bad] = np.array([np.nan, np.inf, -np.inf] * 3, dtype)[: bad.size]
-    kc.count_nonfinite(cuda.to_device(P), out)
+    kc.count_nonfinite(cuda.to_device(P), out, max_blocks=blocks)
     assert out.copy_to_host()[0] == 5 + bad.size
 
 
@@ -444,11 +456,12 @@ def test_training_step_on_views(dtype, rng):
     assert np.all(np.isnan(work[gaps])), "a kernel wrote outside its view"
 
 
-# ---- every kernel compiles to PTX for the H100 -----------------------------------------------
+# ---- every kernel that runs compiles to PTX for the H100 ---------------------------------------
 
 PTX_SCRIPT = textwrap.dedent(
     """
-    import re, sys, types
+    import json, re, sys, types
+    import numba
     from numba import cuda
     from numba.cuda.cudadrv import nvvm
     from numba.cuda.cudadrv.error import NvrtcSupportError, NvvmSupportError
@@ -461,24 +474,32 @@ PTX_SCRIPT = textwrap.dedent(
         import numba.cuda.dispatcher
         numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
     from gpubp.kernels import cuda as kc
+    from gpubp.kernels.cuda import elementwise
 
-    for name, entries in kc.kernel_signatures().items():
-        for kernel, sig in entries:
-            try:
-                ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-            except (NvvmSupportError, NvrtcSupportError) as e:
-                print("SKIP:", e); sys.exit(77)
-            if name.endswith("_tiled"):
-                assert ".shared" in ptx and "bar.sync" in ptx, name
-            if sig[0].dtype.bitwidth == 32:
-                # float32 stays float32: a consumer GPU runs float64 at 1/32 to 1/64 of the rate.
-                # Only float64 scalar arguments (converted once) and the cost's float64 sum may appear.
-                f64 = r"^\\s+((?:add|sub|mul|div|fma|rcp|sqrt|ex2|lg2|neg|abs|min|max|setp|selp)[\\w.]*\\.f64)\\b"
-                assert not re.findall(f64, ptx, re.M), (name, sorted(set(re.findall(f64, ptx, re.M))))
-            print(name, sig[0].dtype, len(ptx))
-            if name.startswith("train_fused"):
-                with open(f"{sys.argv[1]}/{name}_{sig[0].dtype}.ptx", "w") as out:
-                    out.write(ptx)
+    def numba_type(spec):
+        if spec[0] == "array":
+            return numba.types.Array(getattr(numba, spec[1]), spec[2], spec[3])
+        return getattr(numba, spec[0])
+
+    for t, name, specs in json.load(open(sys.argv[1])):
+        T = getattr(numba, t)
+        kernel = getattr(kc.builds(T) if t != "int64" else elementwise.build(T), name)
+        sig = tuple(numba_type(s) for s in specs)
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        except (NvvmSupportError, NvrtcSupportError) as e:
+            print("SKIP:", e); sys.exit(77)
+        if name.endswith("_tiled"):
+            assert ".shared" in ptx and "bar.sync" in ptx, name
+        if t == "float32":
+            # float32 stays float32: a consumer GPU runs float64 at 1/32 to 1/64 of the rate.
+            # Only float64 scalar arguments (converted once) and the cost's float64 sum may appear.
+            f64 = r"^\\s+((?:add|sub|mul|div|fma|rcp|sqrt|ex2|lg2|neg|abs|min|max|setp|selp)[\\w.]*\\.f64)\\b"
+            assert not re.findall(f64, ptx, re.M), (name, sorted(set(re.findall(f64, ptx, re.M))))
+        print(name, t, len(ptx))
+        if name == "train_fused":
+            with open(f"{sys.argv[2]}/{name}_{t}.ptx", "w") as out:
+                out.write(ptx)
     """
 )
 
@@ -496,31 +517,50 @@ def ptxas():
     return shutil.which("ptxas")
 
 
-def test_every_kernel_compiles_to_ptx(tmp_path):
-    """Compiled in a subprocess: under the simulator this process's numba.cuda has no compiler.
+@pytest.mark.slow
+def test_every_kernel_that_runs_compiles_to_ptx(tmp_path, monkeypatch):
+    """Every launch of small fits through every way an epoch runs is recorded in the simulator
+    (``launches.py``), every kernel of the library must be among them, and each recorded
+    signature is compiled for sm_90 in a subprocess (under the simulator this process's
+    numba.cuda has no compiler).
 
-    The fused kernels then go through ptxas for sm_90: their one block of FUSED_THREADS threads
-    must fit an H100 multiprocessor's 64K registers and 48 KB of static shared memory, or every
-    launch would fail with "too many resources requested".
+    The fused kernel then goes through ptxas for sm_90: its one block of ``Tuning().fused_threads``
+    threads must fit an H100 multiprocessor's 64K registers and 48 KB of static shared memory,
+    or every launch would fail with "too many resources requested".
     """
+    import json
+
+    import launches
+    from numba import config
+
+    if not config.ENABLE_CUDASIM:
+        pytest.skip("records launches in the simulator")
+    seen = launches.record(monkeypatch)
+    import numba
+
+    names = {name for t in ("float32", "float64") for name in vars(kc.builds(getattr(numba, t)))}
+    assert names | {"advance"} == {name for _, name, _ in seen}, "a kernel the library holds never runs"
+    census = tmp_path / "launches.json"
+    census.write_text(json.dumps(sorted(seen)))
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-c", PTX_SCRIPT, str(tmp_path)]
+    cmd = [sys.executable, "-c", PTX_SCRIPT, str(census), str(tmp_path)]
     r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     if r.returncode == 77:
         pytest.skip(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert len(r.stdout.splitlines()) == 2 * len(kc.kernel_signatures())
+    assert len(r.stdout.splitlines()) == len(seen)
     assembler = ptxas()
     if assembler is None:
-        pytest.skip("ptxas not found: the fused kernels' register use is unchecked")
+        pytest.skip("ptxas not found: the fused kernel's register use is unchecked")
     fused = sorted(tmp_path.glob("train_fused_*.ptx"))
-    assert len(fused) == 4
+    assert len(fused) == 2
+    threads = gpubp.Tuning().fused_threads
     for ptx in fused:
         a = subprocess.run([assembler, "-arch=sm_90", "-v", str(ptx), "-o", os.devnull], capture_output=True, text=True)
         assert a.returncode == 0, a.stderr
         registers = int(re.search(r"Used (\d+) registers", a.stderr).group(1))
         smem = re.search(r"(\d+) bytes smem", a.stderr)
         assert "0 bytes spill stores" in a.stderr, a.stderr
-        assert registers * kc.FUSED_THREADS <= 65536, f"{ptx.name}: {registers} registers x {kc.FUSED_THREADS} threads"
+        assert registers * threads <= 65536, f"{ptx.name}: {registers} registers x {threads} threads"
         assert (int(smem.group(1)) if smem else 0) <= 48 * 1024, a.stderr

@@ -8,7 +8,7 @@ import pytest
 import reference as ref
 
 import gpubp
-from gpubp import backends, schedule
+from gpubp import backends
 
 
 def reference_step(net, X, Y, lr, acts):
@@ -48,7 +48,7 @@ def test_fit_is_minibatch_sgd(rng):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
-def train_params(device, path="auto", dtype="float64", **fit):
+def train_params(device, path="auto", dtype="float64", tuning=None, **fit):
     rng = np.random.default_rng(0)
     X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
     net = gpubp.Network(
@@ -60,6 +60,7 @@ def train_params(device, path="auto", dtype="float64", **fit):
         device=device,
         seed=11,
         path=path,
+        tuning=tuning,
     )
     history = net.fit(X, labels, epochs=3, batch_size=5, lr=0.3, **fit)
     return net.weights + net.biases, history
@@ -73,84 +74,71 @@ def test_layers_path_equals_epoch_path():
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
 
 
-@pytest.fixture
-def fused_kernel(request, monkeypatch):
-    """Sets which fused kernel path="epoch" launches, and the size of v2's shared buffer:
-    ("v2", 33) stages each product in chunks of 2-3 columns, with a padded row and a short last chunk."""
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "path,fused_shared",
+    [("layers", 4096), ("cublas", 4096), ("graph", 4096), ("cublas-graph", 4096), ("epoch", 4096), ("epoch", 33),
+     ("epoch-v1", 4096)],
+    ids=["layers", "cublas", "graph", "cublas-graph", "epoch", "epoch-chunked", "epoch-v1"],
+)  # fmt: skip
+# float64 too in the full run; the quick loop (-m "not slow") takes every path in float32
+@pytest.mark.parametrize("dtype,tol", [pytest.param("float64", 1e-10, marks=pytest.mark.slow), ("float32", 2e-4)])
+def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_shared, monkeypatch):
+    """Every way an epoch runs on CUDA trains as the CPU does. A shared buffer of 33 elements stages
+    each fused product in chunks of 2-3 columns, with a padded row and a short last chunk; "epoch-v1"
+    runs the fused kernel's reference version from benchmarks/variants in its place. 23 rows in
+    batches of 5: one replay of 3 batches, one of the 4th, then a short batch."""
     from gpubp.kernels import cuda as kc
     from numba import config
 
-    version, shared = request.param
-    if config.ENABLE_CUDASIM:  # one Python thread per CUDA thread: fewer, and not a multiple of a warp
-        monkeypatch.setattr(kc, "FUSED_THREADS", 37)
-    monkeypatch.setattr(kc, "FUSED_VERSION", version)
-    monkeypatch.setattr(kc, "FUSED_SHARED", shared)
-    for cache in (kc._build, kc._kernels):  # the shared buffer's size is fixed when a kernel compiles
-        cache.cache_clear()
-    yield
-    monkeypatch.undo()
-    for cache in (kc._build, kc._kernels):
-        cache.cache_clear()
+    if path == "epoch-v1":
+        from benchmarks.variants import cuda_fused_v1
 
-
-@pytest.mark.cuda
-@pytest.mark.parametrize(
-    "path,fused_kernel",
-    [
-        ("layers", (2, 4096)),
-        ("cublas", (2, 4096)),
-        ("graph", (2, 4096)),
-        ("cublas-graph", (2, 4096)),
-        ("epoch", (1, 4096)),
-        ("epoch", (2, 4096)),
-        ("epoch", (2, 33)),
-    ],
-    indirect=["fused_kernel"],
-    ids=["layers", "cublas", "graph", "cublas-graph", "epoch-v1", "epoch-v2", "epoch-v2-chunked"],
-)
-@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_kernel, monkeypatch):
-    # 23 rows in batches of 5: one replay of 3 batches, one of the 4th, then a short batch.
-    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
+        monkeypatch.setattr(kc, "train_batches", cuda_fused_v1.train_batches)
+        path = "epoch"
     if "cublas" in path:
-        from gpubp.kernels import cuda as kc
-
         try:
             kc.check_cublas()
         except ImportError as e:
             pytest.skip(str(e))
+    # in the simulator one Python thread per CUDA thread: fewer, and not a multiple of a warp
+    threads = 37 if config.ENABLE_CUDASIM else 512
+    tuning = gpubp.Tuning(graph_batches=3, fused_shared=fused_shared, fused_threads=threads)
     a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
-    b, hb = train_params("cuda", path, dtype=dtype, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
+    b, hb = train_params("cuda", path, dtype=dtype, tuning=tuning, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
 
 
 def test_cublas_and_graph_paths_run_on_cuda_only():
-    with pytest.raises(ValueError, match="path='cublas' runs on CUDA only"):
+    with pytest.raises(ValueError, match="cuBLAS products run on CUDA only"):
         gpubp.Network([4, 3], device="cpu", path="cublas")
-    with pytest.raises(ValueError, match="path='graph' records CUDA graphs and runs on CUDA only"):
+    with pytest.raises(ValueError, match="CUDA graphs runs on CUDA only"):
         gpubp.Network([4, 3], device="cpu", path="graph")
-    with pytest.raises(ValueError, match="path='cublas-graph' runs on CUDA only"):
-        gpubp.Network([4, 3], device="cpu", path="cublas-graph")
+    with pytest.raises(ValueError, match="cuBLAS products run on CUDA only"):
+        gpubp.Network([4, 3], device="cpu", path=gpubp.Execution(products="cublas", replay=True))
     with pytest.raises(ValueError, match="unknown path 'fast'.*'cublas'"):
         gpubp.Network([4, 3], device="cpu", path="fast")
+    with pytest.raises(ValueError, match="whole epoch in one call runs the Numba kernels"):
+        gpubp.Execution(products="cublas", whole_epoch=True)
 
 
 @pytest.mark.cuda
 def test_epoch_path_refuses_layers_too_wide_for_it(rng):
     from gpubp.kernels import cuda as kc
 
+    shared = gpubp.Tuning().fused_shared
     X, labels = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
-    wide = gpubp.Network([4, kc.FUSED_SHARED, 3], device="cuda", path="epoch", seed=0)
+    wide = gpubp.Network([4, shared, 3], device="cuda", path="epoch", seed=0)
     before = wide.weights
-    with pytest.raises(ValueError, match=r"path='epoch' cannot train layers of \[4, 4096, 3\] with batches of 8"):
+    with pytest.raises(ValueError, match=r"path='epoch'\) cannot train layers of \[4, 4096, 3\] with batches of 8"):
         wide.fit(X, labels, epochs=1, batch_size=8)
     for a, b in zip(wide.weights, before):
         np.testing.assert_array_equal(a, b)
-    auto = gpubp.Network([4, kc.FUSED_SHARED, 3], device="cuda", seed=0)
-    assert auto._schedule.path_for(8) == "layers"
-    assert kc.fused_fits(8, [4, 2000, 3]) and not kc.fused_fits(100, [4, 2000, 3])
+    auto = gpubp.Network([4, shared, 3], device="cuda", seed=0)
+    assert auto._schedule.execution(8) == gpubp.Execution()
+    assert kc.fused.fits(8, [4, 2000, 3]) and not kc.fused.fits(100, [4, 2000, 3])
 
 
 @pytest.mark.cuda
@@ -520,18 +508,18 @@ def test_gpu_targets_are_used_in_place_and_a_graph_serves_every_fit_on_them(rng,
 
     if config.ENABLE_CUDASIM:
         pytest.skip("the CUDA simulator has no __cuda_array_interface__; runs on a real GPU")
-    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 2)
     X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
     Y = np.eye(3)[labels]
     X_gpu, Y_gpu = cuda.to_device(X), cuda.to_device(Y)
-    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    tuning = gpubp.Tuning(graph_batches=2)
+    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph", tuning=tuning)
     used = net._targets(Y_gpu, 23)
     assert used.__cuda_array_interface__["data"][0] == Y_gpu.__cuda_array_interface__["data"][0]
     net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
-    graphs = dict(net._schedule._graphs)
+    graphs = dict(net._schedule.graphs.graphs)
     net.fit(X_gpu, Y_gpu, epochs=1, batch_size=5)
-    assert set(graphs) == {2} and net._schedule._graphs[2] is graphs[2]  # 4 full batches: 2 replays of 2
-    host = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    assert set(graphs) == {2} and net._schedule.graphs.graphs[2] is graphs[2]  # 4 full batches: 2 replays of 2
+    host = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph", tuning=tuning)
     host.fit(X, labels, epochs=1, batch_size=5)
     host.fit(X, labels, epochs=1, batch_size=5)
     for a, b in zip(net.weights + net.biases, host.weights + host.biases):
@@ -591,13 +579,13 @@ def test_saved_model_is_readable_by_others(tmp_path):
 
 @pytest.mark.cuda
 def test_auto_path_fuses_small_networks_on_cuda():
-    from gpubp.schedule import FUSED_WORK
-
     small = gpubp.Network([784, 30, 10], device="cuda")
-    assert small.path == "auto" and small._schedule.path_for(10) == "epoch"
+    assert small.path == "auto" and small._schedule.execution(10) == gpubp.Execution(whole_epoch=True)
     big = gpubp.Network([784, 1024, 1024, 10], device="cuda")
-    assert 1024 * big._schedule.n_weights > FUSED_WORK and big._schedule.path_for(1024) == "layers"
-    assert gpubp.Network([4, 3], device="cpu").path == "epoch"
+    assert 1024 * big._schedule.n_weights > gpubp.Tuning().fused_work
+    assert big._schedule.execution(1024) == gpubp.Execution()
+    cpu = gpubp.Network([4, 3], device="cpu")
+    assert cpu.path == "auto" and cpu._schedule.execution(1000) == gpubp.Execution(whole_epoch=True)
     with pytest.raises(ValueError, match="unknown path 'fast'"):
         gpubp.Network([4, 3], device="cpu", path="fast")
 
@@ -624,18 +612,21 @@ def test_every_launch_of_a_recording_goes_to_the_recording_stream(path, rng, mon
 
     if not config.ENABLE_CUDASIM:
         pytest.skip("spies on the simulator's kernel launches")
-    from gpubp.kernels import cuda as kc
+    from gpubp.kernels.cuda import cublas
     from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    from gpubp.graphs import Recordings
 
     X, labels = rng.standard_normal((12, 6)), rng.integers(0, 3, 12)
     net = gpubp.Network([6, 5, 4, 3], activation="tanh", output_activation="softmax", loss="log_likelihood",
                         dtype="float64", device="cuda", path=path)  # fmt: skip
     s = net._schedule
     Xd, Yd = net._inputs(X), net._targets(labels, 12)
-    s._order = s.backend.to_device(np.arange(12, dtype=np.int64))
+    recordings = Recordings(s)
+    recordings.order = s.backend.to_device(np.arange(12, dtype=np.int64))
 
     streams = []
-    launch, gemm = FakeCUDAKernel.__getitem__, kc._gemm
+    launch, gemm = FakeCUDAKernel.__getitem__, cublas._gemm
 
     def spy_launch(kernel, configuration):
         streams.append(configuration[2] if len(configuration) > 2 else 0)
@@ -646,22 +637,61 @@ def test_every_launch_of_a_recording_goes_to_the_recording_stream(path, rng, mon
         gemm(*args)
 
     monkeypatch.setattr(FakeCUDAKernel, "__getitem__", spy_launch)
-    monkeypatch.setattr(kc, "_gemm", spy_gemm)
+    monkeypatch.setattr(cublas, "_gemm", spy_gemm)
     recording = object()
-    s._graph_batches(Xd, Yd, 4, 2, recording)
+    recordings.batches(s.engine("cublas" if "cublas" in path else "numba"), Xd, Yd, 4, 2, recording)
     # per batch: 2 gathers, advance, 3 forwards and a softmax, BP1, 3 x (BP4, BP3), 2 BP2, 2 updates
     assert len(streams) >= 2 * 18
     assert all(stream is recording for stream in streams)
 
 
 @pytest.mark.cuda
+@pytest.mark.slow
 def test_graph_path_records_once_per_fit_even_with_validation(rng, monkeypatch):
     """Evaluating the validation set between epochs must not evict the buffers the graphs read."""
-    monkeypatch.setattr(schedule, "GRAPH_BATCHES", 3)
     X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
-    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph")
+    net = gpubp.Network([6, 5, 3], dtype="float64", device="cuda", seed=1, path="graph",
+                        tuning=gpubp.Tuning(graph_batches=3))  # fmt: skip
     graphs = []
     net.fit(X, labels, epochs=3, batch_size=5, validation=(X[:7], labels[:7]),
-            callback=lambda epoch, record: graphs.append(dict(net._schedule._graphs)))  # fmt: skip
+            callback=lambda epoch, record: graphs.append(dict(net._schedule.graphs.graphs)))  # fmt: skip
     assert set(graphs[0]) == {3, 1}  # 4 full batches: a replay of 3, then one of the last full batch
     assert all(g[b] is graphs[0][b] for g in graphs for b in (3, 1))
+
+
+@pytest.mark.parametrize(
+    "path,batch_size,pinned",
+    [
+        ("epoch", 5, ([0.023407452545173058, 0.029189980514718994, 0.03443335628956166],
+                      [0.253193135061606, -0.06992222657385305], [0.2608363279720453, -1.0016696396854547])),
+        ("layers", 40, ([0.0009660876364509857, 0.08530178500734982, -0.07298381046312027],
+                        [0.20719601140325425, -0.06129629588146983], [0.8368084452759662, -1.0269060023891499])),
+    ],
+)  # fmt: skip
+def test_the_same_seed_trains_to_the_same_parameters_as_gpubp_0_1(path, batch_size, pinned):
+    """Parameters gpubp 0.1 (before the scheduler was restructured) trained to from this seed, on
+    the small-batch loops and on the BLAS branch (40 rows), with momentum, weight decay and lr decay.
+    The restructure reproduced them bitwise on the machine that pinned them; 1e-12 leaves room for
+    another CPU's vector width and BLAS."""
+    rng = np.random.default_rng(0)
+    X, labels = rng.standard_normal((97, 12)), rng.integers(0, 4, 97)
+    net = gpubp.Network([12, 9, 7, 4], activation="tanh", output_activation="softmax", loss="log_likelihood",
+                        dtype="float64", device="cpu", seed=7, path=path)  # fmt: skip
+    net.fit(X, labels, epochs=2, batch_size=batch_size, lr=0.1, momentum=0.9, weight_decay=1e-3, lr_decay=0.9)
+    got = (net.weights[0][0, :3], net.weights[2][3, -2:], net.biases[1][:2])
+    for g, p in zip(got, pinned):
+        np.testing.assert_allclose(g, p, rtol=1e-12, atol=1e-15)
+
+
+def test_step_is_plain_sgd_and_leaves_the_momentum_state(rng):
+    """step() = W - lr dC/dW with no momentum or decay, and the velocity fit keeps is untouched."""
+    X, labels = rng.standard_normal((9, 5)), rng.integers(0, 3, 9)
+    net = gpubp.Network([5, 4, 3], dtype="float64", device="cpu", seed=1)
+    net.fit(X, labels, epochs=1, batch_size=3, lr=0.5, momentum=0.9)
+    velocity = net._schedule.host("velocity")
+    assert np.abs(velocity).max() > 0
+    W, b = reference_step(net, X[:4], ref.onehot(labels[:4], 3), 0.3, ["sigmoid", "sigmoid"])
+    net.step(X[:4], labels[:4], lr=0.3)
+    for a, e in zip(net.weights + net.biases, W + b):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(net._schedule.host("velocity"), velocity)

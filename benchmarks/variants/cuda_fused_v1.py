@@ -5,17 +5,16 @@ the library's own stages. Launched like ``kernels.cuda.fused.train_batches``."""
 
 import functools
 
-from numba import cuda
-
 from gpubp.kernels.activations import SOFTMAX
 from gpubp.kernels.cuda import fused
 from gpubp.kernels.cuda.common import f, numba_type
+from numba import cuda
 
 
 @functools.cache
 def build(T):
     """The v1 fused kernel for element type ``T``."""
-    stages = fused.build(T).stages
+    stages = fused.build(T, fused.SHARED).stages
     _softmax_layer, _backward_update = stages.softmax_layer, stages.backward_update
 
     @cuda.jit(device=True)

@@ -5,11 +5,10 @@ are held to; same contracts and launch conventions."""
 import functools
 from types import SimpleNamespace
 
-from numba import cuda
-
 from gpubp.kernels.activations import SOFTMAX
 from gpubp.kernels.cuda.common import BLOCK2, f, fprime, grid2, numba_type
 from gpubp.kernels.cuda.elementwise import softmax
+from numba import cuda
 
 
 @functools.cache
@@ -49,7 +48,6 @@ def build(T):
                 acc += Delta[i, j] * A_prev[i, k]
             nabla_w[j, k] = T(scale) * acc
 
-    @cuda.jit
     return SimpleNamespace(**{name: obj for name, obj in locals().items() if name != "T"})
 
 

@@ -67,6 +67,6 @@ def builds(T) -> SimpleNamespace:
     """Every @cuda.jit kernel of every family for element type ``T``, by name (for compiling each
     to PTX without a GPU; which signatures to compile is recorded from real launches by the tests)."""
     merged = {}
-    for family in (products.build(T), elementwise.build(T), fused.build(T)):
+    for family in (products.build(T), elementwise.build(T), fused.build(T, fused.SHARED)):
         merged.update({name: k for name, k in vars(family).items() if not isinstance(k, SimpleNamespace)})
     return SimpleNamespace(**merged)

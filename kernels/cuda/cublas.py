@@ -75,4 +75,3 @@ def hidden_error_cublas(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> 
 def weight_gradient_cublas(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4: nabla_w = scale Delta^T A_prev, one cuBLAS GEMM (overwrites nabla_w)."""
     _gemm("T", "N", Delta, A_prev, nabla_w, scale, stream)
-

@@ -36,7 +36,6 @@ def build(T, shared: int = SHARED):
                 softmax_row(Zbuf[r : r + n_out], Abuf[r : r + n_out])
             cuda.syncthreads()
 
-
     @cuda.jit(device=True)
     def _stage(src, off, stride, rows, k0, w, dst, dst_stride, t, nt):
         """dst[r * dst_stride + c] = src[off + r * stride + k0 + c] for r < rows, c < w.

@@ -260,7 +260,8 @@ def forward_blocked(A_prev, W, b, Z, A, act: int, stream=0) -> None:
 
 def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
     """BP2: Delta = (Delta_next W_next) ⊙ f'(Z) (blocked or tiled by shape)."""
-    (hidden_error_blocked if blocked(*Delta.shape) else hidden_error_tiled)(Delta_next, W_next, Z, A, Delta, act, stream)
+    launch = hidden_error_blocked if blocked(*Delta.shape) else hidden_error_tiled
+    launch(Delta_next, W_next, Z, A, Delta, act, stream)
 
 
 def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
@@ -278,7 +279,8 @@ def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) ->
 def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (blocked or tiled by shape;
     overwrites nabla_w)."""
-    (weight_gradient_blocked if blocked(*nabla_w.shape) else weight_gradient_tiled)(Delta, A_prev, scale, nabla_w, stream)
+    launch = weight_gradient_blocked if blocked(*nabla_w.shape) else weight_gradient_tiled
+    launch(Delta, A_prev, scale, nabla_w, stream)
 
 
 def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
