@@ -575,6 +575,14 @@ class Network:
             os.unlink(tmp)
             raise
 
+    def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
+        """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its
+        activation per layer, in the network's dtype unless ``dtype`` says otherwise. Needs the
+        ``onnx`` extra; see ``gpubp.export`` (issue 15)."""
+        from .export import to_onnx
+
+        to_onnx(self, path, dtype)
+
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:
         """Read a model written by ``save``; ``seed`` fixes the shuffling of later ``fit`` calls."""
