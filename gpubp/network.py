@@ -55,7 +55,7 @@ class History(dict):
     """
 
     # issue 15: set by gpubp.training.BestModel.finish
-    monitor: str | None = None  # the value watched: "val_loss", "val_accuracy" or "loss"
+    monitor: str | None = None  # the value watched: "val_loss", "val_accuracy", "loss" or "epoch"
     best_epoch: int | None = None  # the best epoch of this fit (0: the starting model, with a baseline)
     best_value: float | None = None  # the monitored value of the best epoch
     stopped_early: bool = False  # whether early_stopping ended fit before `epochs`
@@ -362,9 +362,9 @@ class Network:
 
         ``validation_split`` f holds out the last round(f n) rows (before shuffling) as validation data.
         Passing ``early_stopping``, ``checkpoint``, ``monitor`` or ``baseline`` tracks the best epoch
-        by ``monitor`` ("val_loss", "val_accuracy" or "loss"; "auto": "val_loss" with validation data,
-        else "loss"), where an epoch improves when it beats the best by more than ``min_delta``:
-        ``early_stopping=p`` stops after p epochs in a row without improvement, ``checkpoint=PATH``
+        by ``monitor`` ("val_loss", "val_accuracy", "loss", or "epoch": the latest; "auto": "val_loss"
+        with validation data, else "loss"); an epoch improves when it beats the best by more than
+        ``min_delta``. ``early_stopping=p`` stops after p epochs in a row without improvement, ``checkpoint=PATH``
         keeps the best model so far in PATH (written by ``save``, atomically, at each improvement),
         ``restore_best`` ends with the best epoch's parameters, momentum state and ``epochs_trained``,
         ``baseline`` is the value the starting model must be beaten by. See ``gpubp.training``.

@@ -1,8 +1,9 @@
 """Early stopping and checkpoints for ``Network.fit``: find the best epoch, keep it, stop when nothing improves.
 
-``BestModel`` watches one value of each epoch's record: "val_loss" or "loss" (lower is better) or
-"val_accuracy" (higher is better). An epoch *improves* when its value beats the best so far by more
-than ``min_delta``. On every improvement the tracker
+``BestModel`` watches one value of each epoch's record: "val_loss" or "loss" (lower is better),
+"val_accuracy" (higher is better), or "epoch", which makes the latest epoch the best. An epoch
+*improves* when its value beats the best so far by more than ``min_delta``. On every improvement
+the tracker
 
 - copies the network's state (parameters, momentum state, ``epochs_trained``) into a buffer on the
   network's device, and
@@ -28,8 +29,9 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from .network import History, Network
 
-# The values a tracker can watch, and whether lower ("min") or higher ("max") is better.
-MONITORS = {"val_loss": "min", "val_accuracy": "max", "loss": "min"}
+# The values a tracker can watch, and whether lower ("min") or higher ("max") is better. "epoch"
+# makes every epoch an improvement: the latest model is the one kept (a checkpoint every epoch).
+MONITORS = {"val_loss": "min", "val_accuracy": "max", "loss": "min", "epoch": "max"}
 
 
 def _number(name: str, value: Any) -> float:
@@ -71,11 +73,11 @@ def split_validation(X: Any, Y: Any, validation: Any, validation_split: float | 
 class BestModel:
     """Tracks the best epoch of ``fit`` by one monitored value; keeps it, saves it, stops after ``patience``.
 
-    ``monitor``: "val_loss", "val_accuracy" or "loss". ``patience``: stop after this many epochs in a
-    row without improvement (None: never stop early). ``min_delta``: how much a value must beat the
-    best by to count as an improvement. ``restore_best``: end with the best epoch's state.
-    ``checkpoint``: a path (.npz) that always holds the best model so far. ``baseline``: the value of
-    the starting model, to beat (None: the first epoch is the first best).
+    ``monitor``: "val_loss", "val_accuracy", "loss" or "epoch" (the latest is best). ``patience``:
+    stop after this many epochs in a row without improvement (None: never stop early). ``min_delta``:
+    how much a value must beat the best by to count as an improvement. ``restore_best``: end with
+    the best epoch's state. ``checkpoint``: a path (.npz) that always holds the best model so far.
+    ``baseline``: the value of the starting model, to beat (None: the first epoch is the first best).
     """
 
     def __init__(

@@ -137,6 +137,14 @@ def test_no_validation_watches_the_training_loss(tmp_path):
     assert history.monitor == "loss" and history.best_value == min(history["loss"])
 
 
+def test_monitor_epoch_keeps_the_latest_model(tmp_path):
+    X, y, _ = make_data()
+    net = gpubp.Network([4, 6, 3], seed=4, **KW)
+    history = net.fit(X, y, epochs=4, monitor="epoch", checkpoint=tmp_path / "c.npz", **FIT)
+    assert history["improved"] == [True] * 4 and history.best_epoch == 4
+    assert_same(params(gpubp.Network.load(tmp_path / "c.npz", device="cpu")), params(net))
+
+
 def test_a_baseline_nothing_beats_returns_the_starting_model():
     X, y, val = make_data()
     net = gpubp.Network([4, 6, 3], seed=1, **KW)
