@@ -364,10 +364,11 @@ class Network:
         Passing ``early_stopping``, ``checkpoint``, ``monitor`` or ``baseline`` tracks the best epoch
         by ``monitor`` ("val_loss", "val_accuracy", "loss", or "epoch": the latest; "auto": "val_loss"
         with validation data, else "loss"); an epoch improves when it beats the best by more than
-        ``min_delta``. ``early_stopping=p`` stops after p epochs in a row without improvement, ``checkpoint=PATH``
-        keeps the best model so far in PATH (written by ``save``, atomically, at each improvement),
-        ``restore_best`` ends with the best epoch's parameters, momentum state and ``epochs_trained``,
-        ``baseline`` is the value the starting model must be beaten by. See ``gpubp.training``.
+        ``min_delta``. ``early_stopping=p`` stops after p epochs in a row without improvement;
+        ``checkpoint=PATH`` keeps the best model so far in PATH (written by ``save``, atomically, at
+        each improvement); ``restore_best`` ends with the best epoch's parameters, momentum state and
+        ``epochs_trained``; ``baseline`` is the value of the starting model, to be beaten. See
+        ``gpubp.training``.
         """
         _check_positive("epochs", epochs, integer=True)
         _check_positive("batch_size", batch_size, integer=True)
