@@ -4,6 +4,7 @@
     gpubp evaluate MODEL [--dataset ... | --data ...]
     gpubp predict MODEL --data FILE [--out FILE]
     gpubp trace [--sizes 2,2,2] [--weights FILE | --seed N] [--x 0.05,0.10] [--y 0.01,0.99]
+    gpubp export MODEL.npz MODEL.onnx [--dtype float32]
     gpubp info
 
 Exit status: 0 on success; 2 for bad options, bad or missing data, a model that does not fit
@@ -233,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", type=_name, choices=losses, help="the cost (default: quadratic)")
     p.add_argument("--precision", type=_positive_int, default=8, help="digits after the point (default: 8)")
     p.set_defaults(func=cmd_trace)
+
+    # -- export (issue 15)
+    p = sub.add_parser(
+        "export",
+        help="write a saved model as ONNX (one Gemm and its activation per layer)",
+        description="Write a model saved by gpubp as an ONNX model for onnxruntime and other runtimes: "
+        "input X (N, inputs), output Y (N, outputs), the output activations. Needs the onnx extra.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save` (.npz)")
+    p.add_argument("out", metavar="OUT", help="the ONNX file to write (e.g. model.onnx)")
+    p.add_argument("--dtype", choices=dtypes, help="of the weights, input and output (default: the model's)")
+    p.set_defaults(func=cmd_export)
 
     # -- info
     p = sub.add_parser("info", help="versions, the GPU seen, and the path device='auto' takes")
@@ -618,6 +631,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).write_text("".join(f"{v}\n" for v in labels.tolist()))
     else:
         sys.stdout.write("".join(f"{v}\n" for v in labels.tolist()))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# export (issue 15)
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``gpubp export``: a saved model as an ONNX file (written atomically)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UsageError('export needs the onnx package, which is not installed: pip install "gpubp[onnx]"') from None
+    out = Path(args.out)
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"OUT {args.out}: folder {out.resolve().parent} does not exist")
+    if out.exists() and Path(args.model).exists() and out.resolve() == Path(args.model).resolve():
+        raise UsageError(f"OUT {args.out} is the model itself; give another name, e.g. model.onnx")
+    net = _load_model(args.model, "cpu")
+    net.to_onnx(out, dtype=args.dtype)
+    dtype = args.dtype or net.dtype.name
+    print(f"wrote {args.out}: {','.join(map(str, net.sizes))} {net.activation}/{net.output_activation}, {dtype}")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import backends, training
 from .kernels import activations as act_codes
 from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
@@ -50,7 +50,16 @@ class History(dict):
 
     The momentum state persists across ``fit`` calls on one network, like an optimizer's, and
     ``save`` stores it with the parameters, so a loaded model goes on with the velocity it had.
+
+    When ``fit`` tracks the best epoch (``early_stopping``, ``checkpoint``, ``monitor`` or
+    ``baseline``), each record also has "improved" and these attributes say how it went.
     """
+
+    # issue 15: set by gpubp.training.BestModel.finish
+    monitor: str | None = None  # the value watched: "val_loss", "val_accuracy", "loss" or "epoch"
+    best_epoch: int | None = None  # the best epoch of this fit (0: the starting model, with a baseline)
+    best_value: float | None = None  # the monitored value of the best epoch
+    stopped_early: bool = False  # whether early_stopping ended fit before `epochs`
 
 
 def _check_positive(name: str, value: Any, integer: bool) -> None:
@@ -363,6 +372,14 @@ class Network:
         weight_decay: float = 0.0,
         progress: Callable[[int, int], Any] | None = None,
         lr_decay: float = 1.0,
+        # issue 15: validation split, early stopping, checkpoints (gpubp.training)
+        validation_split: float | None = None,
+        early_stopping: int | None = None,
+        monitor: str = "auto",
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        baseline: float | None = None,
     ) -> History:
         """Train by mini-batch SGD and return the per-epoch ``History``.
 
@@ -375,6 +392,16 @@ class Network:
         every epoch (epoch e trains with lr * lr_decay**(e-1)). If the cost or a parameter becomes NaN or inf,
         training stops with ``TrainingDiverged`` and the network keeps the parameters it had at the
         end of the last finite epoch.
+
+        ``validation_split`` f holds out the last round(f n) rows (before shuffling) as validation data.
+        Passing ``early_stopping``, ``checkpoint``, ``monitor`` or ``baseline`` tracks the best epoch
+        by ``monitor`` ("val_loss", "val_accuracy", "loss", or "epoch": the latest; "auto": "val_loss"
+        with validation data, else "loss"); an epoch improves when it beats the best by more than
+        ``min_delta``. ``early_stopping=p`` stops after p epochs in a row without improvement;
+        ``checkpoint=PATH`` keeps the best model so far in PATH (written by ``save``, atomically, at
+        each improvement); ``restore_best`` ends with the best epoch's parameters, momentum state and
+        ``epochs_trained``; ``baseline`` is the value of the starting model, to be beaten. See
+        ``gpubp.training``.
         """
         _check_positive("epochs", epochs, integer=True)
         _check_positive("batch_size", batch_size, integer=True)
@@ -392,6 +419,11 @@ class Network:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if not (0 < lr_decay <= 1):
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+        # issue 15: hold out validation rows; the best-epoch tracker (None unless asked for)
+        X, Y, validation = training.split_validation(X, Y, validation, validation_split)
+        tracker = training.BestModel.for_fit(
+            self, early_stopping, monitor, min_delta, restore_best, checkpoint, baseline, validation is not None
+        )
         Xd = self._inputs(X)
         n = Xd.shape[0]
         Yd = self._targets(Y, n)
@@ -427,11 +459,16 @@ class Network:
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val)
             record["seconds"] = time.perf_counter() - t0
+            stop = tracker is not None and tracker.update(self, record)  # issue 15: adds "improved"; may save
             for key, value in record.items():
-                history[key].append(value)
+                history.setdefault(key, []).append(value)
             log.info("epoch %d: %s", epoch, record)
             if callback is not None and callback(epoch, dict(record)) is False:
                 break
+            if stop:  # issue 15: early stopping
+                break
+        if tracker is not None:  # issue 15: the best epoch into history; restore_best
+            tracker.finish(self, history)
         return history
 
     @_locked
@@ -570,6 +607,14 @@ class Network:
         except BaseException:
             os.unlink(tmp)
             raise
+
+    def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
+        """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its
+        activation per layer, in the network's dtype unless ``dtype`` says otherwise. Needs the
+        ``onnx`` extra; see ``gpubp.export`` (issue 15)."""
+        from .export import to_onnx
+
+        to_onnx(self, path, dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:

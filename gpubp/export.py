@@ -1,0 +1,106 @@
+"""ONNX export: the network as an ONNX graph any ONNX runtime can run.
+
+Each layer l becomes one ``Gemm`` node, ``Z = A W^T + b`` (``transB=1``, because gpubp stores W as
+(n_out, n_in), the layout ONNX's Gemm reads with transB), then its activation: ``Sigmoid``, ``Tanh``,
+``Relu``, ``Softmax`` (axis -1, over each row's outputs) or nothing for "linear". The graph's input
+"X" is (N, sizes[0]) and its output "Y" is (N, sizes[-1]), N the batch size (any). Weights are stored
+as initializers in the network's dtype (float32 or float64), or in the ``dtype`` asked for.
+
+onnx is an optional dependency: ``pip install "gpubp[onnx]"`` (onnxruntime too, to run the model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .network import Network
+
+OPSET = 17  # Softmax takes one axis from opset 13; 17 is read by every onnxruntime since 1.12 (2022)
+IR_VERSION = 8  # the IR version of opset 17 (onnx 1.12): newer files would shut out older runtimes
+ONNX_OPS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "linear": None, "softmax": "Softmax"}
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError('ONNX export needs the onnx package: pip install "gpubp[onnx]"') from None
+    return onnx
+
+
+def onnx_model(net: Network, dtype: str | None = None) -> Any:
+    """The network as an ``onnx.ModelProto`` (checked by ``onnx.checker``); ``dtype`` defaults to the network's."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    dtype = net.dtype.name if dtype is None else dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"unknown dtype {dtype!r}; choose 'float32' or 'float64'")
+    elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.DOUBLE
+    n_layers = len(net.sizes) - 1
+    acts = [net.activation] * (n_layers - 1) + [net.output_activation]
+    nodes, inits = [], []
+    a = "X"
+    for l, (W, b) in enumerate(zip(net.weights, net.biases), start=1):
+        last = l == n_layers
+        op = ONNX_OPS[acts[l - 1]]
+        z = "Y" if last and op is None else f"z{l}"
+        inits += [numpy_helper.from_array(W.astype(dtype), f"W{l}"), numpy_helper.from_array(b.astype(dtype), f"b{l}")]
+        nodes.append(helper.make_node("Gemm", [a, f"W{l}", f"b{l}"], [z], name=f"layer{l}", transB=1))
+        if op is None:
+            a = z
+            continue
+        a = "Y" if last else f"a{l}"
+        attrs = {"axis": -1} if op == "Softmax" else {}
+        nodes.append(helper.make_node(op, [z], [a], name=f"{acts[l - 1]}{l}", **attrs))
+    graph = helper.make_graph(
+        nodes,
+        "gpubp_mlp",
+        [helper.make_tensor_value_info("X", elem, ["N", net.sizes[0]])],
+        [helper.make_tensor_value_info("Y", elem, ["N", net.sizes[-1]])],
+        initializer=inits,
+    )
+    from . import __version__
+
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="gpubp",
+        producer_version=__version__,
+        doc_string=f"gpubp MLP {','.join(map(str, net.sizes))}: {net.activation} hidden, "
+        f"{net.output_activation} output; Y = the output activations a^L of X (rows are samples)",
+    )
+    model.ir_version = IR_VERSION
+    config = {"sizes": net.sizes, "activation": net.activation, "output_activation": net.output_activation}
+    config.update(loss=net.loss, dtype=dtype, epochs_trained=net.epochs_trained)
+    helper.set_model_props(model, {"gpubp": json.dumps(config)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def to_onnx(net: Network, path: str | os.PathLike, dtype: str | None = None) -> None:
+    """Write ``net`` to ``path`` as an ONNX model, atomically (a temporary file, then a rename)."""
+    path = os.fspath(path)
+    data = onnx_model(net, dtype).SerializeToString()  # the whole file, before anything is written
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give a file name such as model.onnx")
+    fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
