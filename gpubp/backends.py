@@ -16,6 +16,7 @@ import numpy as np
 log = logging.getLogger("gpubp")
 
 DEVICES = ("auto", "cpu", "cuda")
+DLPACK_GPU = (2, 13)  # DLPack device types of GPU memory: kDLCUDA, kDLCUDAManaged
 
 
 def simulator_enabled() -> bool:
@@ -127,6 +128,46 @@ class CudaBackend(Backend):
 
     def synchronize(self) -> None:
         self._cuda.synchronize()
+
+
+def gpu_array(x: Any) -> Any:
+    """A Numba device array viewing ``x`` when x lives on an NVIDIA GPU, without a copy: anything
+    with ``__cuda_array_interface__`` (CuPy, PyTorch, Numba), a producer of CUDA DLPack capsules
+    (``__dlpack__``: JAX, PyTorch), or, in Numba's CUDA simulator, its device arrays. None for
+    host data."""
+    if isinstance(x, np.ndarray):
+        return None
+    from numba import cuda
+
+    if simulator_enabled():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return x if isinstance(x, FakeCUDAArray) else None
+    if hasattr(x, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(x)
+    where = getattr(x, "__dlpack_device__", None)
+    if where is None or where()[0] not in DLPACK_GPU:
+        return None
+    from cuda.core.utils import StridedMemoryView
+
+    view = StridedMemoryView.from_dlpack(x, stream_ptr=0)  # ordered after the producer's work on stream 0
+    item = view.dtype.itemsize
+    strides = None if view.strides is None else tuple(s * item for s in view.strides)
+    interface = {"shape": tuple(view.shape), "strides": strides, "typestr": view.dtype.str,
+                 "data": (view.ptr, view.readonly), "version": 3}  # fmt: skip
+    return cuda.from_cuda_array_interface(interface, owner=(x, view), sync=False)
+
+
+def as_cupy(array: Any) -> Any:
+    """A CuPy view of a Numba device array if CuPy can be imported (and this is a real GPU), else the
+    Numba device array itself: what gpubp hands back for data that lives on the GPU."""
+    if simulator_enabled():
+        return array
+    try:
+        import cupy
+    except ImportError:
+        return array
+    return cupy.asarray(array)
 
 
 def select(device: str) -> Backend:

@@ -70,10 +70,6 @@ def _check_positive(name: str, value: Any, integer: bool) -> None:
         raise ValueError(f"{name} must be positive, got {value!r}")
 
 
-def _is_device_array(x: Any) -> bool:
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
-
-
 def _check_seed(seed: Any) -> int | None:
     if seed is None:
         return None
@@ -271,12 +267,11 @@ class Network:
     # -- input checks: once, at the edge -------------------------------------------------------------
     def _inputs(self, X: Any, name: str = "X") -> Any:
         """X as a C-contiguous (n, sizes[0]) array of the network's dtype on its device."""
-        if _is_device_array(X):
+        on_gpu = backends.gpu_array(X)
+        if on_gpu is not None:
             if self.device != "cuda":
                 raise TypeError(f"{name} is a GPU array but this network runs on the CPU; pass a numpy array")
-            from numba import cuda
-
-            X = cuda.as_cuda_array(X)
+            X = on_gpu
             self._check_shape(name, X.shape, X.ndim)
             if X.dtype != self.dtype:
                 raise TypeError(f"{name} is {X.dtype} on the GPU but the network is {self.dtype}; convert it first")
@@ -312,11 +307,8 @@ class Network:
 
         Targets already on the GPU in the network's dtype are checked on a host copy (they are
         small) and then used in place, so repeated fits on the same arrays reuse a recorded graph."""
-        on_gpu = None
-        if _is_device_array(Y):
-            from numba import cuda
-
-            on_gpu = cuda.as_cuda_array(Y)
+        on_gpu = backends.gpu_array(Y)
+        if on_gpu is not None:
             Y = on_gpu.copy_to_host()
         Y = np.asarray(Y)
         k = self.sizes[-1]
@@ -500,9 +492,26 @@ class Network:
         return self._schedule.split(self._schedule.host("nabla"))
 
     @_locked
-    def predict(self, X: Any) -> np.ndarray:
-        """The output activations a^L, shape (n, sizes[-1])."""
-        return self._schedule.predict(self._inputs(X))
+    def predict(self, X: Any) -> Any:
+        """The output activations a^L, shape (n, sizes[-1]): a numpy array, or for X on the GPU
+        (CuPy, PyTorch, JAX, Numba) a GPU array with no trip through host memory (CuPy when it is
+        installed, else a Numba device array)."""
+        on_gpu = self.device == "cuda" and backends.gpu_array(X) is not None
+        out = self._schedule.predict(self._inputs(X), on_device=on_gpu)
+        return backends.as_cupy(out) if on_gpu else out
+
+    @_locked
+    def device_parameters(self) -> tuple[list[Any], list[Any]]:
+        """(W^1..W^L, b^1..b^L) as copies on the GPU (CuPy arrays when CuPy is installed, else Numba
+        device arrays), for a network on CUDA: to hand the trained model to other GPU code without
+        a trip through host memory. On the CPU, use ``weights`` and ``biases``."""
+        if self.device != "cuda":
+            raise TypeError("device_parameters() is for a network on CUDA; on the CPU use weights and biases")
+        s = self._schedule
+        copy = s.backend.empty(s.params.shape, s.dtype)
+        s.backend.copy(s.params, copy)
+        weights, biases = s._layer_views(copy)
+        return [backends.as_cupy(w) for w in weights], [backends.as_cupy(b) for b in biases]
 
     @_locked
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:

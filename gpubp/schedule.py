@@ -366,14 +366,18 @@ class Schedule:
             self.k.count_correct(v.A[L], Y[s:e], self.count)
         return self.read_cost(), int(self.backend.to_host(self.count)[0])
 
-    def predict(self, X: Any, cap: int = 1024) -> np.ndarray:
-        """a^L for every row of X, as a numpy array."""
+    def predict(self, X: Any, cap: int = 1024, on_device: bool = False) -> Any:
+        """a^L for every row of X: a numpy array, or a new array on this device."""
         n = X.shape[0]
-        out = np.empty((n, self.sizes[-1]), self.dtype)
-        cap = min(cap, n)
+        shape, cap = (n, self.sizes[-1]), min(cap, n)
+        out = self.backend.empty(shape, self.dtype) if on_device else np.empty(shape, self.dtype)
         for s in range(0, n, cap):
             e = min(s + cap, n)
-            out[s:e] = self.backend.to_host(self.feedforward_rows(X, s, e, cap).A[self.L])
+            a = self.feedforward_rows(X, s, e, cap).A[self.L]
+            if on_device:
+                self.backend.copy(a, out[s:e])
+            else:
+                out[s:e] = self.backend.to_host(a)
         return out
 
     # -- state ----------------------------------------------------------------------------------

@@ -695,3 +695,26 @@ def test_step_is_plain_sgd_and_leaves_the_momentum_state(rng):
     for a, e in zip(net.weights + net.biases, W + b):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(net._schedule.host("velocity"), velocity)
+
+
+@pytest.mark.cuda
+def test_gpu_input_gives_gpu_output_and_parameters_come_out_on_the_gpu(rng):
+    """predict on X that lives on the GPU returns a GPU array (no host copy of the result), equal to
+    predict on the same X from the host; device_parameters are copies on the GPU."""
+    from numba import cuda
+
+    X = rng.standard_normal((1030, 6))  # more rows than one forward chunk of 1024
+    net = gpubp.Network([6, 5, 3], output_activation="softmax", loss="log_likelihood", dtype="float64",
+                        device="cuda", seed=4)  # fmt: skip
+    out = net.predict(cuda.to_device(X))
+    assert not isinstance(out, np.ndarray) and out.shape == (1030, 3)
+    host = out.get() if hasattr(out, "get") else out.copy_to_host()
+    np.testing.assert_array_equal(host, net.predict(X))
+    np.testing.assert_allclose(host, ref.forward(net.weights, net.biases, X, ["sigmoid", "softmax"])[1][-1], rtol=1e-12)
+    weights, biases = net.device_parameters()
+    for got, want in zip(weights + biases, net.weights + net.biases):
+        np.testing.assert_array_equal(got.get() if hasattr(got, "get") else got.copy_to_host(), want)
+    with pytest.raises(TypeError, match="GPU array but this network runs on the CPU"):
+        gpubp.Network([6, 5, 3], device="cpu").predict(cuda.to_device(X))
+    with pytest.raises(TypeError, match="for a network on CUDA"):
+        gpubp.Network([6, 5, 3], device="cpu").device_parameters()
