@@ -2,6 +2,7 @@
 
 from .backends import device_report
 from .network import History, Network, TrainingDiverged, check_gradients
+from .untrusted import BadFile
 
-__all__ = ["Network", "History", "TrainingDiverged", "check_gradients", "device_report"]
+__all__ = ["Network", "History", "TrainingDiverged", "BadFile", "check_gradients", "device_report"]
 __version__ = "0.1.0"
