@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .untrusted import BadFile, Npz, open_regular
+from .untrusted import BadFile, NpyHeader, Npz, open_regular
 
 __all__ = ["FORMAT", "BadFile", "Model", "write", "read", "SavedEpoch", "interrupts_deferred"]
 
@@ -200,7 +200,7 @@ def read(path: str | os.PathLike[str], plain: bool = False) -> Model:
     where = f"{shown}: not a gpubp model, or truncated or corrupt"
     with open_regular(path, BadFile, FileNotFoundError, "model file") as f:
         npz = Npz(f, where, BadFile, kinds="biufU")
-        if plain and "format" not in npz.headers:
+        if plain and "format" not in npz.names:
             return _read_plain(npz, where)
         arrays = _check_members(npz, where)
         config = _read_config(npz, where)
@@ -223,7 +223,7 @@ def _check_members(npz: Npz, where: str) -> set[str]:
     """The member list: format, config, w/b for each layer, and vw/vb for all layers or none."""
     if npz.others:
         raise BadFile(f"{where}: members that are not arrays: {', '.join(sorted(npz.others)[:5])}")
-    names = set(npz.headers)
+    names = npz.names
     if "format" not in names:
         raise BadFile(f"{where}: no '{FORMAT}' marker (arrays: {_listing(names)})")
     if "config" not in names:
@@ -248,8 +248,15 @@ def _listing(names: Any, lead: str = "") -> str:
     return lead + shown
 
 
+def _header(npz: Npz, name: str, where: str) -> NpyHeader:
+    """The header of array ``name``; refused if its dtype is not one an array may have."""
+    if name in npz.refused:
+        raise BadFile(f"{where}: {name}: {npz.refused[name]}")
+    return npz.headers[name]
+
+
 def _text(npz: Npz, name: str, where: str, limit: int) -> str:
-    header = npz.headers[name]
+    header = _header(npz, name, where)
     if header.dtype.kind != "U" or header.shape != () or header.dtype.itemsize > 4 * limit:
         raise BadFile(f"{where}: {name} is {header.describe()}, expected text of at most {limit} characters")
     return str(npz.read(name)[()])
@@ -303,7 +310,7 @@ def _check_shapes(npz: Npz, where: str, sizes: list[int], names: set[str]) -> No
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         for prefix in ("", "v") if f"vw{l}" in names else ("",):
             for name, shape in ((f"{prefix}w{l}", (n_out, n_in)), (f"{prefix}b{l}", (n_out,))):
-                header = npz.headers[name]
+                header = _header(npz, name, where)
                 if header.shape != shape:
                     what = "the momentum state" if prefix else "the weights"
                     raise BadFile(
@@ -315,21 +322,22 @@ def _check_shapes(npz: Npz, where: str, sizes: list[int], names: set[str]) -> No
 
 
 def _numbers(npz: Npz, name: str, where: str) -> np.ndarray:
-    if npz.headers[name].dtype.kind not in "iuf":
-        raise BadFile(f"{where}: {name} holds {npz.headers[name].dtype}, expected numbers")
+    dtype = _header(npz, name, where).dtype
+    if dtype.kind not in "iuf":
+        raise BadFile(f"{where}: {name} holds {dtype}, expected numbers")
     return npz.read(name)
 
 
 def _read_plain(npz: Npz, where: str) -> Model:
     """Bare parameters w0, b0, w1, b1, ... that chain: 2-D w{l}, 1-D b{l} of w{l}'s rows."""
     L = 0
-    while f"w{L}" in npz.headers and f"b{L}" in npz.headers and L < MAX_LAYERS:
+    while f"w{L}" in npz.names and f"b{L}" in npz.names and L < MAX_LAYERS:
         L += 1
     if L == 0:
-        raise BadFile(f"{where}: expected arrays w0, b0, w1, b1, ... (has: {_listing(npz.headers) or 'nothing'})")
+        raise BadFile(f"{where}: expected arrays w0, b0, w1, b1, ... (has: {_listing(npz.names) or 'nothing'})")
     n_in = None
     for l in range(L):
-        w, b = npz.headers[f"w{l}"].shape, npz.headers[f"b{l}"].shape
+        w, b = _header(npz, f"w{l}", where).shape, _header(npz, f"b{l}", where).shape
         if len(w) != 2 or b != (w[0],) or (n_in is not None and w[1] != n_in):
             raise BadFile(f"{where}: w{l} {w} and b{l} {b} do not chain onto the layer before")
         n_in = w[0]

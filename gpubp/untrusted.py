@@ -188,11 +188,11 @@ class NpyHeader:
         return f"{dims} {self.dtype.name}"
 
 
-def read_npy_header(f: BinaryIO, where: str, error: Error = BadFile, kinds: str = ARRAY_KINDS) -> NpyHeader:
+def read_npy_header(f: BinaryIO, where: str, error: Error = BadFile, kinds: str | None = ARRAY_KINDS) -> NpyHeader:
     """Read and check a .npy header from ``f`` (at its start); no data is read.
 
-    The header must be at most ``MAX_NPY_HEADER`` bytes, declare at most ``MAX_NDIM``
-    non-negative dimensions and a plain dtype of one of ``kinds`` (never an object dtype).
+    The header must be at most ``MAX_NPY_HEADER`` bytes and declare at most ``MAX_NDIM``
+    non-negative dimensions; unless ``kinds`` is None, a plain dtype of one of ``kinds``.
     """
     prefix = bytes(read_upto(f, 8))
     if len(prefix) < 8 or not prefix.startswith(b"\x93NUMPY"):
@@ -217,11 +217,23 @@ def read_npy_header(f: BinaryIO, where: str, error: Error = BadFile, kinds: str 
         raise error(f"{where}: malformed .npy header ({_short(e)})") from None
     if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
         raise error(f"{where}: .npy header declares shape {_short(shape)}")
+    header = NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran), 8 + len(raw_length) + length)
+    if kinds is not None:
+        problem = refusal(header, kinds)
+        if problem:
+            raise error(f"{where}: {problem}")
+    return header
+
+
+def refusal(header: NpyHeader, kinds: str) -> str | None:
+    """Why an array of this header's dtype is not read (None if it may be): plain dtypes of
+    ``kinds`` only, never objects (pickles) or records."""
+    dtype = header.dtype
     if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
-        raise error(f"{where}: arrays of {dtype} are not accepted (expected {_kinds(kinds)})")
+        return f"arrays of {dtype} are not accepted (expected {_kinds(kinds)})"
     if dtype.itemsize == 0:
-        raise error(f"{where}: arrays of {dtype} hold nothing")
-    return NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran), 8 + len(raw_length) + length)
+        return f"arrays of {dtype} hold nothing"
+    return None
 
 
 def _kinds(kinds: str) -> str:
@@ -234,25 +246,19 @@ def _short(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def read_npy(
-    path: str | os.PathLike[str],
-    error: Error = BadFile,
-    missing: Error = FileNotFoundError,
-    kinds: str = ARRAY_KINDS,
-) -> np.ndarray:
-    """Read a bare .npy file whose size is exactly its header plus the data the header declares."""
-    shown = os.fspath(path)
-    with open_regular(path, error, missing) as f:
-        header = read_npy_header(f, shown, error, kinds)
-        have = file_size(f) - header.size
-        if have != header.nbytes:
-            raise error(
-                f"{shown}: declares {header.describe()} ({header.nbytes} bytes of data) "
-                f"but holds {have} bytes after its header"
-            )
-        buf = allocate(header.nbytes, shown, error)
-        if fill(f, buf) != header.nbytes:
-            raise error(f"{shown}: shorter than its size says (changed while reading?)")
+def read_npy(f: BinaryIO, where: str, error: Error = BadFile, kinds: str = ARRAY_KINDS) -> np.ndarray:
+    """Read the .npy file ``f`` (opened by :func:`open_regular`, at its start): refused unless its
+    size is exactly its header plus the data the header declares, before any data is read."""
+    header = read_npy_header(f, where, error, kinds)
+    have = file_size(f) - header.size
+    if have != header.nbytes:
+        raise error(
+            f"{where}: declares {header.describe()} ({header.nbytes} bytes of data) "
+            f"but holds {have} bytes after its header"
+        )
+    buf = allocate(header.nbytes, where, error)
+    if fill(f, buf) != header.nbytes:
+        raise error(f"{where}: shorter than its size says (changed while reading?)")
     return _array_from(buf, header)
 
 
@@ -296,7 +302,8 @@ class Npz:
 
     ``f`` is the archive, opened by :func:`open_regular` (and closed by the caller). Every refusal
     is ``error(f"{where}: {problem}")``. ``headers`` maps array names (member names without
-    ``.npy``) to their :class:`NpyHeader`; ``others`` lists members that are not .npy (never read).
+    ``.npy``) to their :class:`NpyHeader`; arrays of dtypes not in ``kinds`` are in ``refused``
+    (with the reason :meth:`read` gives), members that are not .npy in ``others``; neither is read.
     """
 
     def __init__(self, f: BinaryIO, where: str, error: Error = BadFile, kinds: str = ARRAY_KINDS) -> None:
@@ -319,16 +326,21 @@ class Npz:
         self.headers: dict[str, NpyHeader] = {}
         self._infos: dict[str, zipfile.ZipInfo] = {}
         self.others: list[str] = []
+        self.refused: dict[str, str] = {}
         for info in infos:
             name = info.filename
             if not name.endswith(".npy"):
                 self.others.append(name)
                 continue
             key = name[: -len(".npy")]
-            if key in self.headers:
+            if key in self.headers or key in self.refused:
                 raise self._fail(f"two members named {name!r}")
             self._check_sizes(info, size)
-            header = self._header(info, kinds)
+            header = self._header(info)
+            problem = refusal(header, kinds)
+            if problem:  # refused if read, not before: np.load is lazy too
+                self.refused[key] = problem
+                continue
             if header.size + header.nbytes != info.file_size:
                 raise self._fail(
                     f"{name}: declares {header.describe()} ({header.nbytes} bytes) "
@@ -357,11 +369,16 @@ class Npz:
                 f"stored member {name!r} claims {info.file_size} bytes but holds {info.compress_size} (corrupt?)"
             )
 
-    def _header(self, info: zipfile.ZipInfo, kinds: str) -> NpyHeader:
+    @property
+    def names(self) -> set[str]:
+        """Every .npy member's name (without .npy), readable or not."""
+        return set(self.headers) | set(self.refused)
+
+    def _header(self, info: zipfile.ZipInfo) -> NpyHeader:
         where = f"{self.where}: {info.filename}"
         try:
             with self.zip.open(info) as member:
-                return read_npy_header(member, where, self.error, kinds)
+                return read_npy_header(member, where, self.error, kinds=None)
         except BadFile:
             raise
         except Exception as e:
@@ -369,6 +386,8 @@ class Npz:
 
     def read(self, name: str) -> np.ndarray:
         """The array ``name``, inflated a chunk at a time and stopped at its declared size."""
+        if name in self.refused:
+            raise self._fail(f"{name}.npy: {self.refused[name]}")
         header, info = self.headers[name], self._infos[name]
         where = f"{self.where}: {info.filename}"
         try:
