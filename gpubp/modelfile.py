@@ -365,6 +365,7 @@ class SavedEpoch:
         self.path = os.fspath(path)
         self.epoch = initial
         self.pending: int | None = None  # the epoch of a save that began and did not return
+        self.unfinished: int | None = None  # the epoch of the last save that did not replace the file
         self._identity = self._stat()
 
     def _stat(self) -> tuple[int, ...] | None:
@@ -388,5 +389,7 @@ class SavedEpoch:
             return
         identity = self._stat()
         if identity is not None and identity != self._identity:
-            self.epoch, self._identity = self.pending, identity
+            self.epoch, self._identity, self.unfinished = self.pending, identity, None
+        else:
+            self.unfinished = self.pending
         self.pending = None
