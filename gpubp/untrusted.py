@@ -42,6 +42,9 @@ MAX_ZIP_MEMBERS = 10_000
 MAX_ZIP_DIRECTORY = 4 << 20
 """Largest zip central directory read (zipfile keeps an object per entry: ~15x its bytes)."""
 
+DEFLATE_MAX_RATIO = 1032
+"""Deflate's largest expansion: one byte of compressed data never inflates to more than 1032."""
+
 ARRAY_KINDS = "biuf"
 """dtype kinds of numeric arrays: bool, signed and unsigned integers, floats."""
 
@@ -363,6 +366,11 @@ class Npz:
             raise self._fail(
                 f"member {name!r} claims {info.compress_size} bytes at offset {info.header_offset}, "
                 f"past the end of the {archive_size}-byte file (truncated?)"
+            )
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 64:
+            raise self._fail(
+                f"member {name!r} claims {info.file_size} bytes from {info.compress_size} compressed, "
+                "more than deflate can produce (corrupt or hostile)"
             )
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise self._fail(
