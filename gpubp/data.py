@@ -148,6 +148,8 @@ def _idx_from(f: BinaryIO, path: Path) -> np.ndarray:
             return _read_idx(stream, path, None)
     except (EOFError, OSError, zlib.error) as e:
         raise DataFileError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except MemoryError:  # a declared length that is honest, and larger than the memory there is
+        raise DataFileError(f"{path}: not enough memory for its decompressed data") from None
 
 
 def _read_idx(f: BinaryIO, path: Path, size: int | None) -> np.ndarray:

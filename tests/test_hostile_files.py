@@ -539,3 +539,35 @@ def test_command_line_in_its_own_process(tmp_path):
         f"gpubp: error: {tmp_path / 'model.npz'}: is a FIFO (named pipe), not a regular file "
         "(gpubp reads only regular files)"
     ]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12.0).reshape(3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+        np.array([[True, False], [False, True]]),
+        np.zeros((0, 5)),
+    ],
+    ids=["float64", "fortran-order", "big-endian", "bool", "empty"],
+)
+@pytest.mark.parametrize("how", ["npy", "npz", "npz-compressed"])
+def test_legitimate_arrays_read_as_numpy_reads_them(tmp_path, array, how):
+    """The checked readers return what np.load returns, for every layout numpy writes."""
+    from gpubp.untrusted import Npz, open_regular, read_npy
+
+    path = tmp_path / ("a.npy" if how == "npy" else "a.npz")
+    if how == "npy":
+        np.save(path, array)
+        with open_regular(path) as f:
+            got = read_npy(f, str(path))
+        expected = np.load(path)
+    else:
+        (np.savez if how == "npz" else np.savez_compressed)(path, a=array)
+        with open_regular(path) as f:
+            got = Npz(f, str(path)).read("a")
+        with np.load(path) as z:
+            expected = z["a"]
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
