@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .losses import resolve
 from .untrusted import BadFile, NpyHeader, Npz, open_regular
 
 __all__ = ["FORMAT", "BadFile", "Model", "write", "read", "SavedEpoch", "interrupts_deferred"]
@@ -42,6 +43,12 @@ MAX_CONFIG_CHARS = 65536
 
 MAX_LAYERS = 1000
 """Most weight layers a model file may declare."""
+
+MAX_NAME_CHARS = 100
+"""Longest activation, loss or dtype name accepted."""
+
+MAX_EPOCHS = 10**9
+"""Largest ``epochs_trained`` accepted (the learning-rate schedule raises a decay to this power)."""
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -145,6 +152,8 @@ def write(path: str | os.PathLike[str], config: Mapping[str, Any], arrays: Mappi
         if name in members:
             raise ValueError(f"{name!r} is the model file's own member")
         members[name] = np.asarray(array)
+        if members[name].dtype.kind not in "biuf":  # nothing np.savez would pickle
+            raise TypeError(f"{name}: a model file holds arrays of numbers, got {members[name].dtype}")
     umask = os.umask(0)
     os.umask(umask)
     with interrupts_deferred() as held:
@@ -228,8 +237,10 @@ def _check_members(npz: Npz, where: str) -> set[str]:
         raise BadFile(f"{where}: no '{FORMAT}' marker (arrays: {_listing(names)})")
     if "config" not in names:
         raise BadFile(f"{where}: no config")
-    layers = {int(m.group(2)) for m in map(re.compile(r"(v?[wb])(\d+)").fullmatch, names) if m}
+    layers = {int(m.group(2)) for m in map(re.compile(r"(v?[wb])(\d{1,9})").fullmatch, names) if m}
     L = max(layers, default=-1) + 1
+    if L > MAX_LAYERS:
+        raise BadFile(f"{where}: arrays of layer {L - 1}: more than {MAX_LAYERS} layers")
     expected = {"format", "config"} | {f"{p}{l}" for p in "wb" for l in range(L)}
     if "vw0" in names or "vb0" in names:
         expected |= {f"v{p}{l}" for p in "wb" for l in range(L)}
@@ -285,7 +296,7 @@ def _read_config(npz: Npz, where: str) -> dict[str, Any]:
     ):
         if key not in config:
             raise BadFile(f"{where}: config has no {key!r}")
-        if not isinstance(config[key], kinds):
+        if not isinstance(config[key], kinds) or (isinstance(config[key], str) and len(config[key]) > MAX_NAME_CHARS):
             raise BadFile(f"{where}: config {key!r} is {_brief(config[key])}")
     sizes = config["sizes"]
     if not 2 <= len(sizes) <= MAX_LAYERS + 1 or not all(
@@ -295,14 +306,25 @@ def _read_config(npz: Npz, where: str) -> dict[str, Any]:
     if config["dtype"] not in FLOAT_DTYPES:
         raise BadFile(f"{where}: config 'dtype' is {_brief(config['dtype'])}, expected float32 or float64")
     epochs = config.setdefault("epochs_trained", 0)  # absent from files of gpubp 0.1
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise BadFile(f"{where}: epochs_trained must be a count, got {_brief(epochs)}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= MAX_EPOCHS:
+        raise BadFile(f"{where}: epochs_trained must be a count up to {MAX_EPOCHS}, got {_brief(epochs)}")
+    try:
+        resolve(config["activation"], config["output_activation"], config["loss"])
+    except ValueError as e:
+        raise BadFile(f"{where}: {e}") from None
     return config
 
 
 def _brief(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, (dict, list)) or len(str(value)) < 80 else None
-    return text if text is not None else f"a JSON {type(value).__name__}"
+    """A config value as JSON, if short; else what it is."""
+    try:
+        text = json.dumps(value)
+    except ValueError:  # an int beyond what JSON numbers print
+        text = ""
+    if 0 < len(text) <= 80:
+        return text
+    kind = {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
+    return f"a JSON {kind} of {len(value)} items" if isinstance(value, (dict, list)) else f"a long JSON {kind}"
 
 
 def _check_shapes(npz: Npz, where: str, sizes: list[int], names: set[str]) -> None:

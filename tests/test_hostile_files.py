@@ -122,22 +122,19 @@ def write_zip(path, members):
     Path(path).write_bytes(bytes(out + central + end))
 
 
+CONFIG = {
+    "sizes": [2, 2],
+    "activation": "sigmoid",
+    "output_activation": "sigmoid",
+    "loss": "quadratic",
+    "dtype": "float64",
+    "epochs_trained": 0,
+}
+
+
 def model_members(sizes=(2, 2), config=None, **replace):
     """The members of a valid model file of ``sizes``, with some replaced: name -> member tuple."""
-    config = (
-        config
-        if config is not None
-        else json.dumps(
-            {
-                "sizes": list(sizes),
-                "activation": "sigmoid",
-                "output_activation": "sigmoid",
-                "loss": "quadratic",
-                "dtype": "float64",
-                "epochs_trained": 0,
-            }
-        )
-    )
+    config = config if config is not None else json.dumps({**CONFIG, "sizes": list(sizes)})
     members = {
         "format.npy": stored("format.npy", npy(np.array("gpubp-model-1"))),
         "config.npy": stored("config.npy", npy(np.array(config))),
@@ -287,6 +284,24 @@ def _cases():
             "load_model",
             predict_model,
             ("refused", ["'sizes' must be 2 to 1001 positive integers", '[2, "2"]']),
+        ),
+        "model-config-unknown-activation": (
+            lambda p: write_zip(p, model_members(config=json.dumps({**CONFIG, "activation": "gelu"}))),
+            "load_model",
+            predict_model,
+            ("refused", ["unknown activation 'gelu'"]),
+        ),
+        "model-config-epochs-1e30": (
+            lambda p: write_zip(p, model_members(config=json.dumps({**CONFIG, "epochs_trained": 10**30}))),
+            "load_model",
+            predict_model,
+            ("refused", ["epochs_trained must be a count up to 1000000000"]),
+        ),
+        "model-layer-999999999": (
+            lambda p: write_zip(p, model_members(**{"w999999999": stored("w999999999.npy", npy(np.zeros(1)))})),
+            "load_model",
+            predict_model,
+            ("refused", ["arrays of layer 999999999: more than 1000 layers"]),
         ),
         "model-config-4-MB": (
             lambda p: write_zip(p, model_members(config="x" * 1_000_000)),
