@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .untrusted import BadFile, Npz, allocate, file_size, fill, open_regular, read_npy, read_upto
+from .untrusted import MAX_NDIM, BadFile, Npz, allocate, file_size, fill, open_regular, read_npy, read_upto
 
 __all__ = [
     "DataError",
@@ -164,8 +164,8 @@ def _read_idx(f: BinaryIO, path: Path, size: int | None) -> np.ndarray:
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X} {n}" for c, n in _IDX_TYPE_NAMES.items())
         raise DataFileError(f"{path}: unknown IDX type code 0x{code:02X} (known: {known})")
-    if ndim == 0:
-        raise DataFileError(f"{path}: IDX header says 0 dimensions")
+    if ndim == 0 or ndim > MAX_NDIM:
+        raise DataFileError(f"{path}: IDX header says {ndim} dimensions (1 to {MAX_NDIM})")
     header = 4 + 4 * ndim
     dims = read_upto(f, 4 * ndim)
     if len(dims) < 4 * ndim:

@@ -428,6 +428,12 @@ def _cases():
             predict_rows,
             ("refused", [".npy header of 4000000000 bytes"]),
         ),
+        "idx-255-dimensions": (
+            lambda p: p.write_bytes(idx_header(8, (1,) * 255) + b"\x07"),
+            "load_features",
+            predict_rows,
+            ("refused", ["IDX header says 255 dimensions (1 to 32)"]),
+        ),
         "rows-fifo": (fifo, "load_features", predict_rows, ("refused", ["is a FIFO (named pipe)"])),
         "rows-dev-zero": (dev_zero, "load_features", predict_rows, ("refused", ["symbolic link to /dev/zero"])),
         "rows-folder": (os.mkdir, "load_features", predict_rows, ("refused", ["is a folder, not a file"])),
