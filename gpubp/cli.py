@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import data as gdata
+from . import modelfile
 from .modelfile import SavedEpoch
 
 PROG = "gpubp"
@@ -580,7 +581,7 @@ def _saved_line(saved: SavedEpoch, epochs_before: int) -> str:
     """What the --save file holds, as the file system says (not as the run hoped)."""
     lead = f"the save of epoch {saved.unfinished} did not finish; " if saved.unfinished is not None else ""
     if saved.epoch is None:
-        return f"{lead}no model saved to {saved.path}"
+        return f"{lead}no model of this run saved to {saved.path}"
     if saved.epoch == 0:
         return f"{lead}no epoch beat the resumed model; {saved.path} is unchanged"
     resumed = f" ({epochs_before + saved.epoch} epochs trained in all)" if epochs_before else ""
@@ -671,8 +672,6 @@ def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.n
     import gpubp
 
     if args.weights:
-        from . import modelfile
-
         model = modelfile.read(args.weights, plain=True)  # checked before any array is read
         weights = [np.asarray(w, float) for w in model.weights]
         return weights, [np.asarray(b, float) for b in model.biases], model.config

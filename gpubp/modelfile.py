@@ -154,8 +154,7 @@ def write(path: str | os.PathLike[str], config: Mapping[str, Any], arrays: Mappi
         members[name] = np.asarray(array)
         if members[name].dtype.kind not in "biuf":  # nothing np.savez would pickle
             raise TypeError(f"{name}: a model file holds arrays of numbers, got {members[name].dtype}")
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     with interrupts_deferred() as held:
         fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
         fh = os.fdopen(fd, "wb")
@@ -174,6 +173,21 @@ def write(path: str | os.PathLike[str], config: Mapping[str, Any], arrays: Mappi
                 os.unlink(tmp)
             raise
     _sync_folder(folder)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets it to
+    read it, and for that moment files other threads create would get the wrong permissions)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _sync_folder(folder: str) -> None:

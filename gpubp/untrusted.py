@@ -27,7 +27,19 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["BadFile", "open_regular", "read_upto", "NpyHeader", "read_npy_header", "read_npy", "Npz"]
+__all__ = [
+    "BadFile",
+    "open_regular",
+    "file_size",
+    "read_upto",
+    "fill",
+    "allocate",
+    "NpyHeader",
+    "read_npy_header",
+    "refusal",
+    "read_npy",
+    "Npz",
+]
 
 CHUNK = 1 << 20
 """Bytes read or inflated per step: the most a read allocates ahead of data that really arrived."""

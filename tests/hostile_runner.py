@@ -86,7 +86,10 @@ def _child(case: dict, limit: int, timeout: int, w: int) -> None:
         pass
     rss0 = _vm("VmRSS")
     cap = _vm("VmSize") + limit
-    resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     signal.alarm(timeout)
     t = time.perf_counter()
     try:
