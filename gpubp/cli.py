@@ -410,7 +410,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out: TextIO = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        out.write(line + "\n")  # one write: an interrupt never splits a line from its newline
+        out.flush()
 
     t_start = time.perf_counter()
     ds = _load_data(args)
