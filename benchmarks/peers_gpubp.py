@@ -104,10 +104,9 @@ def cuda_variants(cfg) -> list[tuple[str, int | None]]:
     kernels where they can run and the
     batch's work is within 8x of the bound under which "auto" picks them (so the bound itself
     can be checked from both sides)."""
-    from gpubp.kernels import cuda as kc
-
     import gpubp
     from gpubp.graphs import check_graphs
+    from gpubp.kernels import cuda as kc
 
     tuning = gpubp.Tuning()
     n_weights = sum(a * b for a, b in zip(cfg.sizes, cfg.sizes[1:]))

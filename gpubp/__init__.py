@@ -3,6 +3,16 @@
 from .backends import device_report
 from .network import History, Network, TrainingDiverged, check_gradients
 from .schedule import Execution, Tuning
+from .untrusted import BadFile
 
-__all__ = ["Network", "History", "TrainingDiverged", "Execution", "Tuning", "check_gradients", "device_report"]
+__all__ = [
+    "Network",
+    "History",
+    "TrainingDiverged",
+    "BadFile",
+    "Execution",
+    "Tuning",
+    "check_gradients",
+    "device_report",
+]
 __version__ = "0.1.0"

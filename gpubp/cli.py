@@ -7,9 +7,12 @@
     gpubp export MODEL.npz MODEL.onnx [--dtype float32]
     gpubp info
 
-Exit status: 0 on success; 2 for bad options, bad or missing data, a model that does not fit
-the data, and any ValueError/TypeError the library raises (one line "gpubp: error: ..."); 1 when
-training diverges or the device cannot be used; 130 when Ctrl-C stopped training.
+Exit status: 0 on success; 2 for bad options, bad or missing data, a model or data file refused
+(not a regular file, malformed, declaring more than it holds), a model that does not fit the data,
+and any ValueError/TypeError the library raises (one line "gpubp: error: ..."); 1 when training
+diverges, the device cannot be used or memory runs out; 130 when Ctrl-C stopped it, 143 SIGTERM.
+SIGTERM stops training as Ctrl-C does: the model file holds the last complete save, and the
+summary says which epoch that is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +31,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import data as gdata
+from . import modelfile
+from .modelfile import SavedEpoch
 
 PROG = "gpubp"
 TEXTBOOK_HIDDEN = [30]
@@ -44,6 +51,19 @@ class UsageError(Exception):
 
 class ModelMismatch(ValueError):
     """The model's layer sizes do not fit the data."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that training stops the same clean way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupt_status(e: BaseException) -> int:
+    """128 + the signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if isinstance(e, Terminated) else 130
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +423,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out: TextIO = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        out.write(line + "\n")  # one write: an interrupt never splits a line from its newline
+        out.flush()
 
     t_start = time.perf_counter()
     ds = _load_data(args)
@@ -449,8 +470,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     has_val = len(ds.y_val) > 0
     validation = (ds.X_val, ds.y_val) if has_val else None
-    best = {"epoch": None, "val_accuracy": -math.inf, "saved": None}
-    if args.resume and args.save and has_val and Path(args.save).resolve() == Path(args.resume).resolve():
+    best = {"epoch": None, "val_accuracy": -math.inf}
+    in_place = bool(args.resume and args.save and Path(args.save).resolve() == Path(args.resume).resolve())
+    # Which epoch the --save file really holds (0: the resumed model), whatever interrupts a save.
+    saved = SavedEpoch(args.save, initial=0 if in_place else None) if args.save else None
+    if in_place and has_val:
         # Overwrite the resumed model only with a better one.
         best["val_accuracy"] = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
         best["epoch"] = 0
@@ -471,9 +495,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if improved:
             best["epoch"] = epoch
             best["val_accuracy"] = record["val_accuracy"] if has_val else None
-            if args.save:
-                net.save(args.save)
-                best["saved"] = args.save
+            if saved is not None:
+                saved.save(net, epoch)
                 line += "  saved" if has_val else ""
         say(line)
         progress.start()
@@ -495,10 +518,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr_decay=args.lr_decay,
             progress=progress,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         progress.close()
-        interrupted = True
-        say(f"interrupted during epoch {len(epochs_done) + 1}")
+        interrupted = _interrupt_status(e)
+        if saved is not None:
+            saved.settle()
+        if saved is not None and saved.unfinished is not None:
+            say(f"interrupted while saving epoch {saved.unfinished}")
+        else:
+            say(f"interrupted during epoch {len(epochs_done) + 1}")
     except gpubp.TrainingDiverged as e:
         progress.close()
         diverged = str(e)
@@ -507,15 +535,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     test = None
     if not interrupted and not diverged and len(ds.y_test):
-        test = net.evaluate(ds.X_test, ds.y_test)
-        say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
+        try:
+            test = net.evaluate(ds.X_test, ds.y_test)
+            say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
+        except KeyboardInterrupt as e:
+            interrupted = _interrupt_status(e)
+            say("interrupted while evaluating the test set")
     if has_val and best["epoch"] is not None:
         say(f"best epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.4f}")
-    if best["saved"]:
-        which = f"epoch {best['epoch']}" if has_val else "the last epoch"
-        say(f"model of {which} saved to {best['saved']}")
-    elif args.save and best["epoch"] == 0:
-        say(f"no epoch beat the resumed model; {args.save} is unchanged")
+    if saved is not None:
+        saved.settle()
+        say(_saved_line(saved, epochs_before))
     total = time.perf_counter() - t_start
     say(f"time {_fmt_seconds(fit_seconds)} training, {_fmt_seconds(total)} in all; device {net.device}")
 
@@ -546,7 +576,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "history": history,
             "best_epoch": best["epoch"],
             "best_val_accuracy": best["val_accuracy"] if has_val else None,
-            "saved": best["saved"],
+            "saved": saved.path if saved is not None and saved.epoch else None,
+            "saved_epoch": saved.epoch if saved is not None else None,
             "test_loss": test["loss"] if test else None,
             "test_accuracy": test["accuracy"] if test else None,
             "seconds": total,
@@ -556,8 +587,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         print(json.dumps(_jsonable(summary)), flush=True)
     if interrupted:
-        return 130
+        return interrupted
     return 1 if diverged else 0
+
+
+def _saved_line(saved: SavedEpoch, epochs_before: int) -> str:
+    """What the --save file holds, as the file system says (not as the run hoped)."""
+    lead = f"the save of epoch {saved.unfinished} did not finish; " if saved.unfinished is not None else ""
+    if saved.epoch is None:
+        return f"{lead}no model of this run saved to {saved.path}"
+    if saved.epoch == 0:
+        return f"{lead}no epoch beat the resumed model; {saved.path} is unchanged"
+    resumed = f" ({epochs_before + saved.epoch} epochs trained in all)" if epochs_before else ""
+    return f"{lead}model of epoch {saved.epoch}{resumed} saved to {saved.path}"
 
 
 def _extras(args: argparse.Namespace) -> str:
@@ -667,25 +709,9 @@ def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.n
     import gpubp
 
     if args.weights:
-        path = Path(args.weights)
-        if not path.exists():
-            raise gdata.DatasetNotFoundError(f"{path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except Exception as e:
-            raise gdata.DataError(f"{path}: not a readable .npz file ({e})") from None
-        L = 0
-        while f"w{L}" in arrays and f"b{L}" in arrays:
-            L += 1
-        if L == 0:
-            raise gdata.DataError(f"{path}: expected arrays w0, b0, w1, b1, ... (has: {', '.join(sorted(arrays))})")
-        try:
-            config = json.loads(str(arrays["config"])) if "config" in arrays else {}
-        except ValueError:
-            config = {}
-        weights = [np.asarray(arrays[f"w{i}"], float) for i in range(L)]
-        return weights, [np.asarray(arrays[f"b{i}"], float) for i in range(L)], config
+        model = modelfile.read(args.weights, plain=True)  # checked before any array is read
+        weights = [np.asarray(w, float) for w in model.weights]
+        return weights, [np.asarray(b, float) for b in model.biases], model.config
     if args.seed is None and sizes == [2, 2, 2]:
         weights = [np.array(w) for w in WORKED_EXAMPLE["weights"]]
         return weights, [np.array(b) for b in WORKED_EXAMPLE["biases"]], {}
@@ -844,6 +870,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (status 2)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(args, subparser)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace, subparser: argparse.ArgumentParser) -> int:
+    """The subcommand, every refusal turned into one line on stderr and an exit status."""
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
@@ -857,13 +894,16 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:  # e.g. device='cuda' without a usable GPU
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupt_status(e)
     except BrokenPipeError:  # `gpubp predict ... | head`
         return 0
     except OSError as e:  # e.g. --out or --save in a folder we may not write to
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{PROG}: error: out of memory", file=sys.stderr)
         return 1
     return 0
 

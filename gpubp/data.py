@@ -16,24 +16,34 @@ Splits:
   has ``X_test``/``y_test`` (and/or ``X_val``/``y_val``), those are used as given and the rest of
   ``X``/``y`` becomes training data.
 
-Every problem with a file raises :class:`DataError` (a ``ValueError``) whose message names the file.
+Every problem with a file raises :class:`DataError` (a ``ValueError``) whose message names the file;
+a file that is refused as such (not a regular file, malformed, declaring more than it holds) raises
+:class:`DataFileError`, which is also a :class:`gpubp.BadFile`. Files are read as untrusted
+(``gpubp.untrusted``): only regular files are opened, a FIFO or device never waited on; each
+declared shape is checked against the bytes really there, or decompression stops as soon as it
+passes the declared size; labels above ``MAX_CLASSES - 1`` are refused before anything is sized
+from them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import math
 import os
-import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from .untrusted import MAX_NDIM, BadFile, Npz, allocate, file_size, fill, open_regular, read_npy, read_upto
+
 __all__ = [
     "DataError",
+    "DataFileError",
     "DatasetNotFoundError",
     "Dataset",
     "read_idx",
@@ -46,6 +56,7 @@ __all__ = [
     "load_features",
     "DATASETS",
     "FASHION_MNIST_DIR",
+    "MAX_CLASSES",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -86,6 +97,10 @@ _IDX_CODES = {np.dtype(dt).newbyteorder("="): code for code, dt in _IDX_DTYPES.i
 DIGITS_SPLIT = (1297, 250, 250)
 """Training / validation / test sizes of :func:`load_digits` (fixed permutation, seed 0)."""
 
+MAX_CLASSES = 65536
+"""Most classes a data set may have: a larger label is refused (it would size the output layer and
+the one-hot targets). A data set also may not have more classes than labelled rows."""
+
 NPZ_VALIDATION = 0.1
 NPZ_TEST = 0.1
 SPLIT_SEED = 0
@@ -99,66 +114,88 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     """A data set's files are not where they were looked for; the message says how to get them."""
 
 
+class DataFileError(DataError, BadFile):
+    """A data file is refused: not a regular file, malformed, or declaring more than it holds."""
+
+
 # ----------------------------------------------------------------------------------------------
 # IDX files
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_bytes(path: Path) -> tuple[bytes, bool]:
-    """The file's contents, gunzipped if it starts with the gzip magic bytes 1f 8b."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an IDX file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw, False
-    try:
-        return gzip.decompress(raw), True
-    except (EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (raw, or gzip-compressed: detected by its first bytes, not its name).
 
     Checks the magic number (two zero bytes, a type code, the number of dimensions), the
-    dimensions and the exact length. Returns the array in native byte order, of the file's
-    element type (uint8 for MNIST). Raises :class:`DataError` naming the file and the problem.
+    dimensions and the exact length: a raw file's size against its header before reading the
+    data; a compressed file is inflated a chunk at a time and stopped one byte past the declared
+    length. Returns the array in native byte order, of the file's element type (uint8 for MNIST).
+    Raises :class:`DataError` naming the file and the problem.
     """
     path = Path(path)
-    data, gz = _read_bytes(path)
-    what = "decompressed data" if gz else "file"
-    if len(data) < 4:
-        raise DataError(f"{path}: {what} is {len(data)} bytes, too short for an IDX header (4 bytes or more)")
-    if data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (magic number starts with {data[:2].hex(' ')}, expected 00 00)")
-    code, ndim = data[2], data[3]
+    with open_regular(path, DataFileError, DatasetNotFoundError) as f:
+        return _idx_from(f, path)
+
+
+def _idx_from(f: BinaryIO, path: Path) -> np.ndarray:
+    """The IDX array in the open regular file ``f``, raw or gzip-compressed."""
+    gz = f.read(2) == b"\x1f\x8b"
+    f.seek(0)
+    if not gz:
+        return _read_idx(f, path, file_size(f))
+    try:
+        with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+            return _read_idx(stream, path, None)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataFileError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except MemoryError:  # a declared length that is honest, and larger than the memory there is
+        raise DataFileError(f"{path}: not enough memory for its decompressed data") from None
+
+
+def _read_idx(f: BinaryIO, path: Path, size: int | None) -> np.ndarray:
+    """The IDX array in ``f``: a raw file of ``size`` bytes, or (size None) a decompressed stream."""
+    what = "file" if size is not None else "decompressed data"
+    head = read_upto(f, 4)
+    if len(head) < 4:
+        raise DataFileError(f"{path}: {what} is {len(head)} bytes, too short for an IDX header (4 bytes or more)")
+    if head[0] != 0 or head[1] != 0:
+        raise DataFileError(f"{path}: not an IDX file (magic number starts with {head[:2].hex(' ')}, expected 00 00)")
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X} {n}" for c, n in _IDX_TYPE_NAMES.items())
-        raise DataError(f"{path}: unknown IDX type code 0x{code:02X} (known: {known})")
-    if ndim == 0:
-        raise DataError(f"{path}: IDX header says 0 dimensions")
+        raise DataFileError(f"{path}: unknown IDX type code 0x{code:02X} (known: {known})")
+    if ndim == 0 or ndim > MAX_NDIM:
+        raise DataFileError(f"{path}: IDX header says {ndim} dimensions (1 to {MAX_NDIM})")
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(
-            f"{path}: {what} is {len(data)} bytes, too short for the {header}-byte header "
+    dims = read_upto(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        have = size if size is not None else 4 + len(dims)
+        raise DataFileError(
+            f"{path}: {what} is {have} bytes, too short for the {header}-byte header "
             f"of a {ndim}-dimensional IDX file (truncated?)"
         )
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    shape = tuple(int(d) for d in np.frombuffer(bytes(dims), dtype=">u4"))
     dtype = _IDX_DTYPES[code]
     expected = header + math.prod(shape) * dtype.itemsize
-    if len(data) != expected:
-        dims = "x".join(str(d) for d in shape)
-        hint = "truncated?" if len(data) < expected else "trailing data, or wrong dimensions?"
-        raise DataError(
-            f"{path}: {what} is {len(data)} bytes, expected {expected} for {dims} {_IDX_TYPE_NAMES[code]} ({hint})"
+    shown = "x".join(str(d) for d in shape)
+    if size is not None:  # raw: the size is known before any data is read
+        have, longer = size, size > expected
+        if size == expected:
+            body = allocate(expected - header, str(path), DataFileError)
+            have = header + fill(f, body)
+    else:  # compressed: inflate no further than one byte past the declared length
+        body = read_upto(f, expected - header + 1)
+        have, longer = header + len(body), header + len(body) > expected
+    if have != expected:
+        hint = "trailing data, or wrong dimensions?" if longer else "truncated?"
+        amount = f"more than {expected}" if longer and size is None else str(have)
+        raise DataFileError(
+            f"{path}: {what} is {amount} bytes, expected {expected} for {shown} {_IDX_TYPE_NAMES[code]} ({hint})"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=True)
+    array = np.frombuffer(body, dtype=dtype).reshape(shape)
+    if not dtype.isnative:  # big-endian on disk: swap in place rather than copy
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array
 
 
 def write_idx(path: str | os.PathLike[str], array: Any) -> None:
@@ -237,6 +274,14 @@ class Dataset:
         n_classes = int(self.n_classes) or largest + 1
         if largest >= n_classes:
             raise DataError(f"{self.name}: label {largest} is out of range for {n_classes} classes")
+        if n_classes > MAX_CLASSES:
+            raise DataError(f"{self.name}: {n_classes} classes, more than gpubp takes ({MAX_CLASSES})")
+        rows = sum(len(y) for _, y in splits.values())
+        if not self.n_classes and n_classes > rows:
+            raise DataError(
+                f"{self.name}: label {largest} implies {n_classes} classes, more than the {rows} labelled rows "
+                "(labels are class indices 0, 1, 2, ...)"
+            )
         for split, (X, y) in splits.items():
             object.__setattr__(self, f"X_{split}", X)
             object.__setattr__(self, f"y_{split}", y)
@@ -257,12 +302,16 @@ class Dataset:
 def _as_inputs(X: Any, what: str) -> np.ndarray:
     """Rows as float32 ``(n, features)``: uint8 pixels scaled to [0, 1], trailing axes flattened."""
     X = np.asarray(X)
-    if X.dtype == np.uint8:
-        X = X.astype(np.float32) / np.float32(255.0)
-    elif X.dtype == np.bool_ or np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating):
-        X = X.astype(np.float32)
-    else:
-        raise DataError(f"{what}: expected numbers, got {X.dtype}")
+    try:
+        if X.dtype == np.uint8:
+            X = X.astype(np.float32)
+            X /= np.float32(255.0)  # in place: no second float32 copy
+        elif X.dtype == np.bool_ or np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float32)
+        else:
+            raise DataError(f"{what}: expected numbers, got {X.dtype}")
+    except MemoryError:
+        raise DataError(f"{what}: not enough memory for {X.size} inputs as float32") from None
     if X.ndim < 2:
         raise DataError(f"{what}: expected rows of features (2 or more dimensions), got shape {X.shape}")
     if X.ndim > 2:
@@ -289,10 +338,20 @@ def _as_labels(y: Any, what: str) -> np.ndarray:
             raise DataError(f"{what}: labels must be integers, got non-integer values like {y[y != np.round(y)][0]}")
     elif not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise DataError(f"{what}: labels must be integers, got {y.dtype}")
-    y = y.astype(np.int64)
     if len(y) and y.min() < 0:
-        raise DataError(f"{what}: labels must be >= 0, found {int(y.min())}")
-    return y
+        raise DataError(f"{what}: labels must be >= 0, found {_label(y.min())}")
+    if len(y) and y.max() >= MAX_CLASSES:  # checked before int64: 1e300 or 2**64-1 would wrap
+        raise DataError(
+            f"{what}: label {_label(y.max())} is out of range: gpubp takes at most {MAX_CLASSES} classes "
+            f"(labels 0 to {MAX_CLASSES - 1})"
+        )
+    return y.astype(np.int64)
+
+
+def _label(value: Any) -> str:
+    """A label as the user wrote it: 1000000000, or 1e+300 for a float too large to spell out."""
+    value = value.item()
+    return str(int(value)) if isinstance(value, bool) or abs(value) < 1e16 else f"{value:g}"
 
 
 def _split_last(X: np.ndarray, y: np.ndarray, validation: int, what: str):
@@ -309,13 +368,19 @@ def _split_last(X: np.ndarray, y: np.ndarray, validation: int, what: str):
 
 
 def _find_file(folder: Path, base: str) -> Path | None:
-    """``base`` in ``folder``: raw or .gz, with '-idx' or '.idx' (both spellings circulate)."""
+    """``base`` in ``folder``: raw or .gz, with '-idx' or '.idx' (both spellings circulate).
+
+    A regular file first; else an entry of that name that is not one (a FIFO, a device, a link to
+    one), which :func:`read_idx` then refuses by name rather than it being reported missing."""
+    odd = None
     for stem in (base, base.replace("-idx", ".idx")):
         for name in (stem, stem + ".gz"):
             p = folder / name
             if p.is_file():
                 return p
-    return None
+            if odd is None and os.path.lexists(p) and os.path.exists(p):
+                odd = p
+    return odd
 
 
 def _how_to_get_fashion_mnist() -> str:
@@ -402,18 +467,13 @@ def load_fashion_mnist(path: str | os.PathLike[str] | None = None, validation: i
 # ----------------------------------------------------------------------------------------------
 
 
-def _open_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise DatasetNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: a single .npy array, expected an .npz archive with X and y")
-            return {k: f[k] for k in f.files}
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator[Npz]:
+    """The .npz archive at ``path``, its members' headers checked, no array read yet."""
+    with open_regular(path, DataFileError, DatasetNotFoundError) as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DataFileError(f"{path}: a single .npy array, expected an .npz archive with X and y")
+        yield Npz(f, str(path), DataFileError)
 
 
 def load_npz(
@@ -430,10 +490,11 @@ def load_npz(
     uint8 inputs are scaled to [0, 1]; other numbers are taken as given.
     """
     path = Path(path)
-    arrays = _open_npz(path)
+    with _open_npz(path) as npz:
+        arrays = {k: npz.read(k) for k in ("X", "y", "X_test", "y_test", "X_val", "y_val") if k in npz.names}
     for key in ("X", "y"):
         if key not in arrays:
-            raise DataError(f"{path}: no array '{key}' (has: {', '.join(sorted(arrays)) or 'nothing'})")
+            raise DataError(f"{path}: no array '{key}' (has: {', '.join(sorted(npz.names)) or 'nothing'})")
     for a, b in (("X_test", "y_test"), ("X_val", "y_val")):
         if (a in arrays) != (b in arrays):
             raise DataError(f"{path}: has {a if a in arrays else b} but not {b if a in arrays else a}")
@@ -512,29 +573,22 @@ def load_features(path: str | os.PathLike[str]) -> np.ndarray:
     pixels) are scaled to [0, 1]; IDX images of n x rows x cols become rows of rows*cols.
     """
     path = Path(path)
-    if not path.exists():
-        raise DatasetNotFoundError(f"{path}: no such file")
-    with open(path, "rb") as f:
+    with open_regular(path, DataFileError, DatasetNotFoundError) as f:
         head = f.read(6)
-    if head.startswith(b"\x93NUMPY") or head.startswith(b"PK"):
+        f.seek(0)
+        what = str(path)
         if head.startswith(b"PK"):
-            arrays = _open_npz(path)
-            key = next((k for k in ("X", "X_test") if k in arrays), None)
-            if key is None and len(arrays) == 1:
-                key = next(iter(arrays))
+            npz = Npz(f, str(path), DataFileError)
+            key = next((k for k in ("X", "X_test") if k in npz.names), None)
+            if key is None and len(npz.names) == 1:
+                key = next(iter(npz.names))
             if key is None:
-                raise DataError(f"{path}: no array 'X' (has: {', '.join(sorted(arrays)) or 'nothing'})")
-            X, what = arrays[key], f"{path}: {key}"
+                raise DataError(f"{path}: no array 'X' (has: {', '.join(sorted(npz.names)) or 'nothing'})")
+            X, what = npz.read(key), f"{path}: {key}"
+        elif head.startswith(b"\x93NUMPY"):
+            X = read_npy(f, what, DataFileError)
         else:
-            try:
-                X = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"{path}: not a readable .npy file ({e})") from None
-            what = str(path)
-        if X.ndim == 1:
-            X = X[None, :]
-        return _as_inputs(X, what)
-    X = read_idx(path)
+            X = _idx_from(f, path)
     if X.ndim == 1:
         X = X[None, :]
-    return _as_inputs(X, str(path))
+    return _as_inputs(X, what)

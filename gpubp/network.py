@@ -10,20 +10,17 @@ in ``gpubp.schedule``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import backends, training
+from . import backends, modelfile, training
 from .kernels import activations as act_codes
 from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
@@ -34,7 +31,6 @@ log = logging.getLogger("gpubp")
 
 INITS = ("scaled", "standard")
 DTYPES = ("float32", "float64")
-FORMAT = "gpubp-model-1"
 
 
 class TrainingDiverged(ArithmeticError):
@@ -583,8 +579,8 @@ class Network:
         """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename.
 
         The file holds W^l and b^l and, once the network has trained, the velocity of the SGD
-        update (``vw{l}``, ``vb{l}``; the momentum state), like an optimizer's state in a checkpoint."""
-        path = os.fspath(path)
+        update (``vw{l}``, ``vb{l}``; the momentum state), like an optimizer's state in a checkpoint.
+        The format is ``gpubp.modelfile``'s."""
         config = {
             "sizes": self.sizes,
             "activation": self.activation,
@@ -593,29 +589,14 @@ class Network:
             "dtype": self.dtype.name,
             "epochs_trained": self.epochs_trained,
         }
-        arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(config))}
+        arrays = {}
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
         velocity = self._schedule.host("velocity")
         if velocity.any():  # zero until the first update: no need to double the file
             for l, (vw, vb) in enumerate(zip(*self._schedule.split(velocity))):
                 arrays[f"vw{l}"], arrays[f"vb{l}"] = vw, vb
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        modelfile.write(path, config, arrays)
 
     def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
         """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its
@@ -627,51 +608,25 @@ class Network:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:
-        """Read a model written by ``save``; ``seed`` fixes the shuffling of later ``fit`` calls."""
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such model file")
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: not a file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if str(data["format"]) != FORMAT:
-                    raise KeyError(f"no '{FORMAT}' marker")
-                config = json.loads(str(data["config"]))
-                L = len(config["sizes"]) - 1
-                weights = [data[f"w{l}"] for l in range(L)]
-                biases = [data[f"b{l}"] for l in range(L)]
-                velocity = [data[f"v{p}{l}"] for p in "wb" for l in range(L)] if "vw0" in data.files else None
-            names = [config[k] for k in ("activation", "output_activation", "loss", "dtype")]
-            epochs_trained = config.get("epochs_trained", 0)  # absent from files of gpubp 0.1
-            if isinstance(epochs_trained, bool) or not isinstance(epochs_trained, int) or epochs_trained < 0:
-                raise ValueError(f"epochs_trained must be a count, got {epochs_trained!r}")
-            if [weights[0].shape[1]] + [w.shape[0] for w in weights] != config["sizes"]:
-                raise ValueError(f"the weights do not match sizes {config['sizes']}")
-            if velocity is not None:
-                if [v.shape for v in velocity] != [p.shape for p in weights + biases]:
-                    raise ValueError("the momentum state does not match the parameters")
-                if not all(np.isfinite(v).all() for v in velocity):
-                    raise ValueError("the momentum state holds NaN or inf")
-        except (
-            zipfile.BadZipFile,
-            EOFError,
-            OSError,
-            KeyError,
-            ValueError,
-            IndexError,
-            TypeError,
-            AttributeError,
-        ) as e:
-            raise ValueError(f"{path}: not a gpubp model, or truncated or corrupt ({e})") from None
-        activation, output_activation, loss, dtype = names
+        """Read a model written by ``save``; ``seed`` fixes the shuffling of later ``fit`` calls.
+
+        The file is checked before any array is read (``gpubp.modelfile.read``): a file that is
+        not a gpubp model raises ``gpubp.BadFile`` (a ValueError) naming it and the problem."""
+        model = modelfile.read(path)
+        c = model.config
         net = cls.from_params(
-            weights, biases, activation, output_activation, loss, dtype=dtype, device=device, seed=seed
+            model.weights,
+            model.biases,
+            c["activation"],
+            c["output_activation"],
+            c["loss"],
+            dtype=c["dtype"],
+            device=device,
+            seed=seed,
         )
-        net.epochs_trained = epochs_trained
-        if velocity is not None:
-            flat = np.concatenate([v.ravel() for v in velocity]).astype(net.dtype)
-            net._schedule.set_host("velocity", flat)
+        net.epochs_trained = c["epochs_trained"]
+        if model.velocity is not None:
+            net._schedule.set_host("velocity", np.concatenate([v.ravel() for v in model.velocity]))
         return net
 
 

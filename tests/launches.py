@@ -2,10 +2,10 @@
 Numba's CUDA simulator, so the PTX test compiles what actually runs and nothing kept by hand."""
 
 import numpy as np
-from gpubp.kernels import cuda as kc
-from gpubp.kernels.cuda import elementwise
 
 import gpubp
+from gpubp.kernels import cuda as kc
+from gpubp.kernels.cuda import elementwise
 
 ELEMENT_TYPES = ("float32", "float64", "int64")
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import reference as ref
+
 from gpubp.kernels import activations, cpu, losses
 
 # (m, n_in, n_out); from cpu.BLAS_ROWS rows up the products call BLAS: (40, 17, 5) takes that branch

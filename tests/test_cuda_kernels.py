@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference as ref
-from gpubp.kernels import activations, losses
-from gpubp.kernels import cuda as kc
-from gpubp.kernels.cuda import products
 from numba import cuda
 
 import gpubp
 from benchmarks.variants import cuda_naive
+from gpubp.kernels import activations, losses
+from gpubp.kernels import cuda as kc
+from gpubp.kernels.cuda import products
 
 pytestmark = pytest.mark.cuda
 

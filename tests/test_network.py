@@ -88,8 +88,9 @@ def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_shared, monkeypatch):
     each fused product in chunks of 2-3 columns, with a padded row and a short last chunk; "epoch-v1"
     runs the fused kernel's reference version from benchmarks/variants in its place. 23 rows in
     batches of 5: one replay of 3 batches, one of the 4th, then a short batch."""
-    from gpubp.kernels import cuda as kc
     from numba import config
+
+    from gpubp.kernels import cuda as kc
 
     if path == "epoch-v1":
         from benchmarks.variants import cuda_fused_v1
@@ -612,10 +613,10 @@ def test_every_launch_of_a_recording_goes_to_the_recording_stream(path, rng, mon
 
     if not config.ENABLE_CUDASIM:
         pytest.skip("spies on the simulator's kernel launches")
-    from gpubp.kernels.cuda import cublas
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
     from gpubp.graphs import Recordings
+    from gpubp.kernels.cuda import cublas
 
     X, labels = rng.standard_normal((12, 6)), rng.integers(0, 3, 12)
     net = gpubp.Network([6, 5, 4, 3], activation="tanh", output_activation="softmax", loss="log_likelihood",

@@ -5,10 +5,11 @@ the library's own stages. Launched like ``kernels.cuda.fused.train_batches``."""
 
 import functools
 
+from numba import cuda
+
 from gpubp.kernels.activations import SOFTMAX
 from gpubp.kernels.cuda import fused
 from gpubp.kernels.cuda.common import f, numba_type
-from numba import cuda
 
 
 @functools.cache

@@ -5,10 +5,11 @@ are held to; same contracts and launch conventions."""
 import functools
 from types import SimpleNamespace
 
+from numba import cuda
+
 from gpubp.kernels.activations import SOFTMAX
 from gpubp.kernels.cuda.common import BLOCK2, f, fprime, grid2, numba_type
 from gpubp.kernels.cuda.elementwise import softmax
-from numba import cuda
 
 
 @functools.cache
