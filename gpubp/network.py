@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from . import distributed as dist_mod  # distributed:
 from .kernels import activations as act_codes
 from .kernels import cpu as cpu_kernels
 from .kernels import losses as loss_codes
@@ -330,6 +331,7 @@ class Network:
         weight_decay: float = 0.0,
         progress: Callable[[int, int], Any] | None = None,
         lr_decay: float = 1.0,
+        comm: Any = None,
     ) -> History:
         """Train by mini-batch SGD and return the per-epoch ``History``.
 
@@ -342,6 +344,11 @@ class Network:
         every epoch (epoch e trains with lr * lr_decay**(e-1)). If the cost or a parameter becomes NaN or inf,
         training stops with ``TrainingDiverged`` and the network keeps the parameters it had at the
         end of the last finite epoch.
+
+        ``comm`` (an mpi4py communicator, or a ``gpubp.distributed.Communicator`` from
+        ``gpubp.distributed.init()``) trains data-parallel over its ranks: every rank calls ``fit``
+        with the same data and settings, ``batch_size`` is the global batch, each rank computes the
+        gradients of its share of every batch and one all-reduce sums them (see ``gpubp.distributed``).
         """
         _check_positive("epochs", epochs, integer=True)
         _check_positive("batch_size", batch_size, integer=True)
@@ -370,17 +377,27 @@ class Network:
             val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
 
         batch_size = min(int(batch_size), n)
+        dist = dist_mod.prepare_fit(  # distributed: None on one process
+            comm, self._schedule, self.device, rows=n, val_rows=0 if val is None else val[0].shape[0],
+            batch_size=batch_size, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            lr_decay=lr_decay, shuffle=shuffle,
+        )  # fmt: skip
         self._schedule.path_for(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
         history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
         s = self._schedule
         for epoch in range(1, int(epochs) + 1):
             t0 = time.perf_counter()
             order = self._rng.permutation(n) if shuffle else np.arange(n)
+            if dist is not None:  # distributed: rank 0's order on every rank
+                dist.broadcast(order)
             s.save_snapshot()
             s.reset_cost()
             epoch_lr = float(lr) * float(lr_decay) ** (epoch - 1)
             s.train_epoch(Xd, Yd, order, batch_size, epoch_lr, float(momentum), float(weight_decay), progress)
-            loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
+            cost = s.read_cost()  # also waits for the epoch's kernels to finish
+            if dist is not None:  # distributed: the sum over every rank's rows
+                cost = dist.end_epoch(cost)
+            loss = cost / n
             if not math.isfinite(loss) or s.nonfinite_params():
                 s.restore_snapshot()
                 since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
@@ -392,12 +409,15 @@ class Network:
             self.epochs_trained += 1
             record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
             if val is not None:
-                record["val_loss"], record["val_accuracy"] = self._evaluate(*val)
+                record["val_loss"], record["val_accuracy"] = self._evaluate(*val, dist)  # distributed: dist
             record["seconds"] = time.perf_counter() - t0
             for key, value in record.items():
                 history[key].append(value)
             log.info("epoch %d: %s", epoch, record)
-            if callback is not None and callback(epoch, dict(record)) is False:
+            stop = callback is not None and callback(epoch, dict(record)) is False
+            if dist is not None:  # distributed: every rank stops when one does
+                stop = dist.any(stop)
+            if stop:
                 break
         return history
 
@@ -428,22 +448,30 @@ class Network:
         """The output activations a^L, shape (n, sizes[-1])."""
         return self._schedule.predict(self._inputs(X))
 
-    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
+    def evaluate(self, X: Any, Y: Any, comm: Any = None) -> dict[str, float]:
         """{"loss": C averaged over the rows, "accuracy": fraction of rows whose argmax matches}.
 
         With a single output, a row counts as correct when a and y fall on the same side of 0.5.
+        With ``comm`` (as in ``fit``), each rank evaluates its share of the rows and the sums are
+        added over the ranks; every rank gets the whole result.
         """
         Xd = self._inputs(X)
-        loss, accuracy = self._evaluate(Xd, self._targets(Y, Xd.shape[0]))
+        dist = dist_mod.communicator(comm)  # distributed:
+        loss, accuracy = self._evaluate(Xd, self._targets(Y, Xd.shape[0]), dist)
         return {"loss": loss, "accuracy": accuracy}
 
-    def _evaluate(self, Xd: Any, Yd: Any) -> tuple[float, float]:
+    def _evaluate(self, Xd: Any, Yd: Any, dist: Any = None) -> tuple[float, float]:
         n = Xd.shape[0]
-        cost, correct = self._schedule.evaluate(Xd, Yd)
-        if self.sizes[-1] == 1:
+        if dist is not None:  # distributed: this rank's share of the rows; sums over every rank's below
+            lo, hi = dist.share(0, n)
+            Xd, Yd = Xd[lo:hi], Yd[lo:hi]
+        cost, correct = self._schedule.evaluate(Xd, Yd) if Xd.shape[0] else (0.0, 0)
+        if self.sizes[-1] == 1 and Xd.shape[0]:
             a = self._schedule.predict(Xd)[:, 0]
             y = self._schedule.backend.to_host(Yd)[:, 0]
             correct = int((((a > 0.5) == (y > 0.5)) & ~np.isnan(a)).sum())
+        if dist is not None:  # distributed:
+            cost, correct = dist.sum(cost, correct)
         return cost / n, correct / n
 
     def trace(self, x: Any, y: Any, lr: float = 0.5) -> dict[str, Any]:

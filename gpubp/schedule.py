@@ -76,6 +76,8 @@ class Schedule:
     ) -> None:
         if path not in PATHS:
             raise ValueError(f"unknown path {path!r}; choose one of {', '.join(map(repr, PATHS))}")
+        self.requested_path = path  # distributed: "auto" is told from a forced "epoch" by it
+        self.dist: Any = None  # distributed: a gpubp.distributed.Communicator during a distributed fit
         if path == "auto" and backend.name == "cpu":
             path = "epoch"
         self.backend, self.k, self.path = backend, backend.kernels, path
@@ -201,10 +203,18 @@ class Schedule:
         """Mini-batch SGD over rows order_d[start:stop] of X, batch by batch and launch by launch."""
         for s in range(start, stop, batch_size):
             e = min(s + batch_size, stop)
-            v = self.views(batch_size, e - s)
-            self.k.gather_rows(X, order_d[s:e], v.A[0])
-            self.k.gather_rows(Y, order_d[s:e], v.Y)
-            self.backprop_layers(v, 1.0 / (e - s))
+            scale = 1.0 / (e - s)  # the mean over the whole (global) batch
+            if self.dist is not None:  # distributed: this rank's rows of the global batch
+                s, e = self.dist.take(s, e)
+            if e > s:
+                v = self.views(batch_size, e - s)
+                self.k.gather_rows(X, order_d[s:e], v.A[0])
+                self.k.gather_rows(Y, order_d[s:e], v.Y)
+                self.backprop_layers(v, scale)
+            else:  # distributed: no rows here in this (short) batch: add zeros to the sum
+                self.dist.zero(self.nabla)
+            if self.dist is not None:  # distributed: nabla <- the sum of every rank's nabla
+                self.dist.allreduce(self.nabla)
             self.update_layers(lr, momentum, decay)
 
     def update_layers(self, lr: float, momentum: float, decay: float) -> None:
@@ -297,6 +307,8 @@ class Schedule:
     def path_for(self, batch_size: int) -> str:
         """The path an epoch with this batch size takes (ValueError if "epoch" was asked for and
         cannot run it)."""
+        if self.dist is not None:  # distributed: a per-step path, to all-reduce between steps
+            return self.dist.step_path(self.requested_path)
         if self.path not in ("auto", "epoch"):
             return self.path
         fits = getattr(self.k, "fused_fits", None)
