@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON summary at the end (to stdout)")
+    p.add_argument(  # distributed:
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of mpiexec (gpubp[mpi]); --batch-size is the global batch",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -465,6 +470,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(line)
         progress.start()
 
+    comm = getattr(args, "comm", None)  # distributed: set by gpubp.distributed.run_command
+    if comm is not None:
+        say(f"distributed: {comm.size} ranks; gradients summed by {comm.attach(net.device)}")
     interrupted = diverged = None
     t_fit = time.perf_counter()
     progress.start()
@@ -481,6 +489,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             lr_decay=args.lr_decay,
             progress=progress,
+            comm=comm,
         )
     except KeyboardInterrupt:
         progress.close()
@@ -494,7 +503,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     test = None
     if not interrupted and not diverged and len(ds.y_test):
-        test = net.evaluate(ds.X_test, ds.y_test)
+        test = net.evaluate(ds.X_test, ds.y_test, comm=comm)
         say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
     if has_val and best["epoch"] is not None:
         say(f"best epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.4f}")
@@ -541,6 +550,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "interrupted": bool(interrupted),
             "diverged": diverged,
         }
+        if comm is not None:  # distributed:
+            summary.update(ranks=comm.size, rows_per_rank=comm.rows_per_rank)
         print(json.dumps(_jsonable(summary)), flush=True)
     if interrupted:
         return 130
@@ -808,6 +819,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (status 2)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if getattr(args, "distributed", False):  # distributed: every rank runs the command
+        from .distributed import run_command
+
+        return run_command(args, lambda: _run(args, subparser))
+    return _run(args, subparser)
+
+
+def _run(args: argparse.Namespace, subparser: argparse.ArgumentParser) -> int:
+    """The command, its errors turned into an exit status and one line on stderr."""
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
