@@ -131,7 +131,13 @@ class Communicator:
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         if timeout is None:
-            timeout = float(os.environ.get("GPUBP_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+            text = os.environ.get("GPUBP_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+            try:
+                timeout = float(text)
+            except ValueError:
+                raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds, e.g. 300 (0: no watchdog)") from None
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds (0: no watchdog), got {timeout!r}")
         self.timeout = timeout
         self.gpu: int | None = self._select_gpu() if select_gpu else None
         self.transports: dict[str, str] = {}  # device -> transport, fixed by attach
@@ -173,16 +179,17 @@ class Communicator:
             transport = "mpi"
         else:
             nccl, why_not = _nccl()
-            forced = os.environ.get("GPUBP_TRANSPORT", "")
-            if forced and forced not in TRANSPORTS[1:]:
-                raise ValueError(f"GPUBP_TRANSPORT={forced!r}: choose 'nccl', 'cuda-aware-mpi' or 'staged'")
-            # What every rank can do, and rank 0's wish: so every rank chooses alike.
+            # What every rank can do, and rank 0's GPUBP_TRANSPORT (-1: none, -2: not a transport):
+            # every rank then makes the same choice, or raises the same error.
             here = np.array([nccl is not None, _cuda_aware_mpi(self.MPI)], dtype=np.int64)
             everywhere = np.empty_like(here)
             self._collective("a check of the transports", self.comm.Allreduce, here, everywhere, self.MPI.MIN)
-            wish = np.array([TRANSPORTS.index(forced) if forced else -1], dtype=np.int64)
+            forced = os.environ.get("GPUBP_TRANSPORT", "")
+            wish = np.array([TRANSPORTS[1:].index(forced) + 1 if forced in TRANSPORTS[1:] else -2 if forced else -1])
             self._collective("a broadcast from rank 0", self.comm.Bcast, wish, 0)
-            forced = TRANSPORTS[wish[0]] if wish[0] >= 0 else ""
+            if wish[0] == -2:
+                raise ValueError("GPUBP_TRANSPORT on rank 0 is not one of 'nccl', 'cuda-aware-mpi', 'staged'")
+            forced = TRANSPORTS[wish[0]] if wish[0] > 0 else ""
             transport = forced or ("nccl" if everywhere[0] else "cuda-aware-mpi" if everywhere[1] else "staged")
             if transport == "nccl" and not everywhere[0]:
                 why_not = why_not or "on another rank"
@@ -217,7 +224,7 @@ class Communicator:
         return lo, hi
 
     # -- collectives ----------------------------------------------------------------------------------
-    def _collective(self, what: str, call: Callable, *args: Any) -> Any:
+    def _collective(self, what: str, call: Callable, *args: Any) -> None:
         """call(*args), watched: if it has not returned after ``timeout`` s, every rank is ended."""
         if self.timeout > 0 and self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="gpubp-watchdog", daemon=True)
@@ -421,8 +428,9 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
 
     ``args.comm`` is set to the Communicator. Rank 0 runs the command as on one process. The other
     ranks run it quietly: no progress bar, no --save, --plot or --json, their output held back and
-    shown only if they fail. A rank that ends with a non-zero status (an error, a divergence,
-    Ctrl-C) prints why and calls MPI_Abort, so no rank is left waiting in a collective for it."""
+    shown (after a second's grace for rank 0 to report the same failure) only if they fail. A rank
+    that ends with a non-zero status (an error, a divergence, Ctrl-C) prints why and calls
+    MPI_Abort, so no rank is left waiting in a collective for it."""
     try:
         dist = init()
     except ImportError as e:
@@ -441,6 +449,10 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
         except BaseException:
             sys.stderr.write(held.getvalue())
             raise  # to init's hook, which aborts every rank
+        if status != 0 and dist.size > 1:
+            # Rank 0 may have failed the same way (a bad option fails everywhere): give it a second to
+            # say so and end every rank first, so the message is printed once.
+            time.sleep(1.0)
         if status != 0:
             for line in held.getvalue().splitlines():
                 print(f"[rank {dist.rank}] {line}", file=sys.stderr)

@@ -207,6 +207,29 @@ def test_recorded_graph_paths_are_an_error():
         net.fit(X, y, comm=MPI.COMM_WORLD, **child.FIT)
 
 
+def test_transport_choice_is_logged_and_a_wrong_one_is_an_error(monkeypatch, caplog):
+    import importlib.util
+    import logging
+
+    from gpubp import distributed
+
+    comm = distributed.Communicator(select_gpu=False)
+    with caplog.at_level(logging.INFO, logger="gpubp"):
+        assert comm.attach("cpu") == "mpi"
+        cuda = comm.attach("cuda")
+    if importlib.util.find_spec("cupy") is None:  # here: no NCCL, and MPICH's wheels are not CUDA-aware
+        assert cuda == "staged"
+    assert f"cuda buffers are summed by {cuda}" in caplog.text
+    monkeypatch.setenv("GPUBP_TRANSPORT", "infiniband")
+    with pytest.raises(ValueError, match="GPUBP_TRANSPORT on rank 0 is not one of"):
+        distributed.Communicator(select_gpu=False).attach("cuda")
+    monkeypatch.setenv("GPUBP_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="GPUBP_DIST_TIMEOUT='soon': expected seconds"):
+        distributed.Communicator(select_gpu=False)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        distributed.Communicator(select_gpu=False, timeout=-1)
+
+
 # ---------------------------------------------------------------------------------------------- faults
 
 
