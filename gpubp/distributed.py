@@ -244,8 +244,7 @@ class Communicator:
                     f"gpubp: rank {self.rank} of {self.size} waited {self.timeout:g} s for the other ranks in "
                     f"{waiting[1]}: one of them has stopped or hangs; ending every rank\n"
                 )
-                sys.stderr.flush()
-                self.comm.Abort(3)
+                self.abort(3)
 
     def allreduce(self, buffer: Any) -> None:
         """buffer <- the sum of every rank's buffer, in place (a numpy array, or a CUDA array
@@ -342,6 +341,7 @@ class Communicator:
         """End every rank of the communicator now (MPI_Abort)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.25)  # mpiexec kills every rank on an abort: let it forward what this one just wrote
         self.comm.Abort(status)
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -285,6 +285,18 @@ def test_gpubp_train_distributed_equals_one_process(tmp_path, blobs, capsys):
     for p_two, p_one in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_allclose(p_two, p_one, rtol=0, atol=1e-12)
 
+    # --resume goes on with the saved parameters and momentum state, on 2 ranks as on one process.
+    argv = ["train", "--data", blobs, "--epochs", "1", "--batch-size", "9", "--lr", "1", "--momentum", "0.5"]
+    argv += ["--device", "cpu", "--no-progress"]
+    resume = ["--resume", tmp_path / "two.npz", "--save", tmp_path / "2+.npz"]
+    p = mpiexec(2, BIN / "gpubp", *argv, "--distributed", *resume)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert main([str(a) for a in argv + ["--resume", tmp_path / "one.npz", "--save", tmp_path / "1+.npz"]]) == 0
+    a, b = gpubp.Network.load(tmp_path / "2+.npz"), gpubp.Network.load(tmp_path / "1+.npz")
+    assert a.epochs_trained == b.epochs_trained == 3
+    for p_two, p_one in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_allclose(p_two, p_one, rtol=0, atol=1e-12)
+
 
 def test_gpubp_train_distributed_error_on_one_rank_ends_all(blobs):
     p = mpiexec(2, sys.executable, HERE / "distributed_ranks.py", "cli-fail", blobs)
