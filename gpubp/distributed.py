@@ -39,7 +39,8 @@ which ends every rank (instead of leaving the others waiting in a collective); `
 does the same for the ``gpubp`` command's error exits. A rank that is killed is the launcher's
 to clean up (mpiexec ends the others at once). As a last resort a watchdog ends every rank when
 one has waited ``timeout`` seconds (default 300, ``GPUBP_DIST_TIMEOUT``; 0: never) in an MPI
-collective: a peer that hangs, or exits without MPI_Abort.
+collective: a peer that hangs, or exits without MPI_Abort. NCCL's collectives run on the GPU
+after the call returns and are not watched: there, the launcher's clean-up ends the others.
 """
 
 from __future__ import annotations
