@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON summary at the end (to stdout)")
+    p.add_argument(  # distributed:
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of mpiexec (gpubp[mpi]); --batch-size is the global batch",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -501,6 +506,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(line)
         progress.start()
 
+    comm = getattr(args, "comm", None)  # distributed: set by gpubp.distributed.run_command
+    if comm is not None:
+        say(f"distributed: {comm.size} ranks; gradients summed by {comm.attach(net.device)}")
     interrupted = diverged = None
     t_fit = time.perf_counter()
     progress.start()
@@ -517,6 +525,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay,
             lr_decay=args.lr_decay,
             progress=progress,
+            comm=comm,
         )
     except KeyboardInterrupt as e:
         progress.close()
@@ -536,7 +545,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = None
     if not interrupted and not diverged and len(ds.y_test):
         try:
-            test = net.evaluate(ds.X_test, ds.y_test)
+            test = net.evaluate(ds.X_test, ds.y_test, comm=comm)
             say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
         except KeyboardInterrupt as e:
             interrupted = _interrupt_status(e)
@@ -585,6 +594,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "interrupted": bool(interrupted),
             "diverged": diverged,
         }
+        if comm is not None:  # distributed:
+            summary.update(ranks=comm.size, rows_per_rank=comm.rows_per_rank)
         print(json.dumps(_jsonable(summary)), flush=True)
     if interrupted:
         return interrupted
@@ -873,6 +884,10 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
+        if getattr(args, "distributed", False):  # every rank runs the command
+            from .distributed import run_command
+
+            return run_command(args, lambda: _run(args, subparser))
         return _run(args, subparser)
     finally:
         if on_main_thread:

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from . import backends, modelfile, training
+from . import distributed as dist_mod
 from .kernels import activations as act_codes
 from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
 from .losses import resolve
-from .schedule import PATHS, Execution, Schedule, Tuning
+from .schedule import Execution, Schedule, Tuning, path_name
 
 log = logging.getLogger("gpubp")
 
@@ -51,7 +52,7 @@ class History(dict):
     ``baseline``), each record also has "improved" and these attributes say how it went.
     """
 
-    # issue 15: set by gpubp.training.BestModel.finish
+    # set by gpubp.training.BestModel.finish
     monitor: str | None = None  # the value watched: "val_loss", "val_accuracy", "loss" or "epoch"
     best_epoch: int | None = None  # the best epoch of this fit (0: the starting model, with a baseline)
     best_value: float | None = None  # the monitored value of the best epoch
@@ -238,8 +239,7 @@ class Network:
     def path(self) -> str | Execution:
         """The ``path`` asked for: "auto" (chosen by batch size), a name of ``gpubp.schedule.PATHS``
         ("layers", "epoch", "graph", "cublas", "cublas-graph") or an ``Execution``."""
-        path = self._schedule.path
-        return next((name for name, e in PATHS.items() if e == path), path) if path != "auto" else path
+        return path_name(self._schedule.path)
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -360,7 +360,7 @@ class Network:
         weight_decay: float = 0.0,
         progress: Callable[[int, int], Any] | None = None,
         lr_decay: float = 1.0,
-        # issue 15: validation split, early stopping, checkpoints (gpubp.training)
+        # validation split, early stopping, checkpoints (gpubp.training)
         validation_split: float | None = None,
         early_stopping: int | None = None,
         monitor: str = "auto",
@@ -368,6 +368,7 @@ class Network:
         restore_best: bool = True,
         checkpoint: str | os.PathLike | None = None,
         baseline: float | None = None,
+        comm: Any = None,
     ) -> History:
         """Train by mini-batch SGD and return the per-epoch ``History``.
 
@@ -390,6 +391,11 @@ class Network:
         each improvement); ``restore_best`` ends with the best epoch's parameters, momentum state and
         ``epochs_trained``; ``baseline`` is the value of the starting model, to be beaten. See
         ``gpubp.training``.
+
+        ``comm`` (an mpi4py communicator, or a ``gpubp.distributed.Communicator`` from
+        ``gpubp.distributed.init()``) trains data-parallel over its ranks: every rank calls ``fit``
+        with the same data and settings, ``batch_size`` is the global batch, each rank computes the
+        gradients of its share of every batch and one all-reduce sums them (see ``gpubp.distributed``).
         """
         _check_positive("epochs", epochs, integer=True)
         _check_positive("batch_size", batch_size, integer=True)
@@ -407,7 +413,7 @@ class Network:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if not (0 < lr_decay <= 1):
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
-        # issue 15: hold out validation rows; the best-epoch tracker (None unless asked for)
+        # hold out validation rows; the best-epoch tracker (None unless asked for)
         X, Y, validation = training.split_validation(X, Y, validation, validation_split)
         tracker = training.BestModel.for_fit(
             self, early_stopping, monitor, min_delta, restore_best, checkpoint, baseline, validation is not None
@@ -423,17 +429,27 @@ class Network:
             val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
 
         batch_size = min(int(batch_size), n)
+        dist = dist_mod.prepare_fit(  # None on one process
+            comm, self._schedule, self.device, rows=n, val_rows=0 if val is None else val[0].shape[0],
+            batch_size=batch_size, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            lr_decay=lr_decay, shuffle=shuffle,
+        )  # fmt: skip
         self._schedule.execution(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
         history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
         s = self._schedule
         for epoch in range(1, int(epochs) + 1):
             t0 = time.perf_counter()
             order = self._rng.permutation(n) if shuffle else np.arange(n)
+            if dist is not None:  # rank 0's order on every rank
+                dist.broadcast(order)
             s.save_snapshot()
             s.reset_cost()
             epoch_lr = float(lr) * float(lr_decay) ** (epoch - 1)
             s.train_epoch(Xd, Yd, order, batch_size, epoch_lr, float(momentum), float(weight_decay), progress)
-            loss = s.read_cost() / n  # also waits for the epoch's kernels to finish
+            cost = s.read_cost()  # also waits for the epoch's kernels to finish
+            if dist is not None:  # the sum over every rank's rows
+                cost = dist.end_epoch(cost)
+            loss = cost / n
             if not math.isfinite(loss) or s.nonfinite(s.params):
                 s.restore_snapshot()
                 since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
@@ -445,17 +461,18 @@ class Network:
             self.epochs_trained += 1
             record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
             if val is not None:
-                record["val_loss"], record["val_accuracy"] = self._evaluate(*val)
+                record["val_loss"], record["val_accuracy"] = self._evaluate(*val, dist)
             record["seconds"] = time.perf_counter() - t0
-            stop = tracker is not None and tracker.update(self, record)  # issue 15: adds "improved"; may save
+            stop = tracker is not None and tracker.update(self, record)  # early stopping; adds "improved"
             for key, value in record.items():
                 history.setdefault(key, []).append(value)
             log.info("epoch %d: %s", epoch, record)
-            if callback is not None and callback(epoch, dict(record)) is False:
+            stop = (callback is not None and callback(epoch, dict(record)) is False) or stop
+            if dist is not None:  # every rank stops when one does
+                stop = dist.any(stop)
+            if stop:
                 break
-            if stop:  # issue 15: early stopping
-                break
-        if tracker is not None:  # issue 15: the best epoch into history; restore_best
+        if tracker is not None:  # the best epoch into history; restore_best
             tracker.finish(self, history)
         return history
 
@@ -510,22 +527,30 @@ class Network:
         return [backends.as_cupy(w) for w in weights], [backends.as_cupy(b) for b in biases]
 
     @_locked
-    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
+    def evaluate(self, X: Any, Y: Any, comm: Any = None) -> dict[str, float]:
         """{"loss": C averaged over the rows, "accuracy": fraction of rows whose argmax matches}.
 
         With a single output, a row counts as correct when a and y fall on the same side of 0.5.
+        With ``comm`` (as in ``fit``), each rank evaluates its share of the rows and the sums are
+        added over the ranks; every rank gets the whole result.
         """
         Xd = self._inputs(X)
-        loss, accuracy = self._evaluate(Xd, self._targets(Y, Xd.shape[0]))
+        dist = dist_mod.communicator(comm)
+        loss, accuracy = self._evaluate(Xd, self._targets(Y, Xd.shape[0]), dist)
         return {"loss": loss, "accuracy": accuracy}
 
-    def _evaluate(self, Xd: Any, Yd: Any) -> tuple[float, float]:
+    def _evaluate(self, Xd: Any, Yd: Any, dist: Any = None) -> tuple[float, float]:
         n = Xd.shape[0]
-        cost, correct = self._schedule.evaluate(Xd, Yd)
-        if self.sizes[-1] == 1:
+        if dist is not None:  # this rank's share of the rows; sums over every rank's below
+            lo, hi = dist.share(0, n)
+            Xd, Yd = Xd[lo:hi], Yd[lo:hi]
+        cost, correct = self._schedule.evaluate(Xd, Yd) if Xd.shape[0] else (0.0, 0)
+        if self.sizes[-1] == 1 and Xd.shape[0]:
             a = self._schedule.predict(Xd)[:, 0]
             y = self._schedule.backend.to_host(Yd)[:, 0]
             correct = int((((a > 0.5) == (y > 0.5)) & ~np.isnan(a)).sum())
+        if dist is not None:
+            cost, correct = dist.sum(cost, correct)
         return cost / n, correct / n
 
     def _float64_cpu_copy(self) -> Network:
@@ -601,7 +626,7 @@ class Network:
     def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
         """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its
         activation per layer, in the network's dtype unless ``dtype`` says otherwise. Needs the
-        ``onnx`` extra; see ``gpubp.export`` (issue 15)."""
+        ``onnx`` extra; see ``gpubp.export``."""
         from .export import to_onnx
 
         to_onnx(self, path, dtype)

@@ -71,6 +71,11 @@ PATHS = {
 }
 
 
+def path_name(path: str | Execution) -> str | Execution:
+    """The alias of ``PATHS`` an Execution has, if any ("auto" stays "auto")."""
+    return next((name for name, e in PATHS.items() if e == path), path)
+
+
 def requested(path: str | Execution, backend: Backend) -> str | Execution:
     """Check a ``path`` ("auto", an alias of ``PATHS`` or an ``Execution``) against the device, at
     construction; return "auto" or the ``Execution``."""
@@ -234,6 +239,7 @@ class Schedule:
         self._views: dict[tuple[int, int], Views] = {}
         self._engines: dict[str, Any] = {}
         self.graphs: Any = None  # gpubp.graphs.Recordings, made by the first epoch that replays
+        self.dist: Any = None  # a gpubp.distributed.Communicator during a distributed fit
 
     def engine(self, products: str = "numba") -> CpuEngine | CudaEngine:
         """The engine that runs one step's kernels on this device, with these products."""
@@ -291,6 +297,8 @@ class Schedule:
 
     def execution(self, batch_size: int) -> Execution:
         """How an epoch with this batch size runs (ValueError if the path asked for cannot)."""
+        if self.dist is not None:  # one call per step, to all-reduce between steps
+            return self.dist.step_execution(self.path)
         return choose(self.path, self.backend, self.sizes, batch_size, self.tuning)
 
     def train_epoch(
@@ -326,13 +334,24 @@ class Schedule:
                 progress(stop, n)
 
     def steps(self, engine: Any, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple):
-        """Mini-batch SGD over rows order_d[start:stop] of X, one step call per batch."""
+        """Mini-batch SGD over rows order_d[start:stop] of X, one step call per batch.
+
+        Distributed, each rank takes its share of every batch's rows and one all-reduce sums the
+        ranks' gradients, each scaled by 1/(the whole batch's rows), before the same update."""
         for s in range(start, stop, batch_size):
             e = min(s + batch_size, stop)
-            v = self.views(batch_size, e - s)
-            self.k.gather_rows(X, order_d[s:e], v.A[0])
-            self.k.gather_rows(Y, order_d[s:e], v.Y)
-            engine.backprop(v, batch_size, e - s, 1.0 / (e - s))
+            scale = 1.0 / (e - s)  # the mean over the whole batch, on every rank
+            if self.dist is not None:
+                s, e = self.dist.take(s, e)
+            if e > s:
+                v = self.views(batch_size, e - s)
+                self.k.gather_rows(X, order_d[s:e], v.A[0])
+                self.k.gather_rows(Y, order_d[s:e], v.Y)
+                engine.backprop(v, batch_size, e - s, scale)
+            else:  # no rows on this rank in a short last batch: it adds zeros to the sum
+                self.dist.zero(self.nabla)
+            if self.dist is not None:
+                self.dist.allreduce(self.nabla)
             self.update(*hyper)
 
     def gradients(self, X: Any, Y: Any) -> Views:

@@ -1,0 +1,469 @@
+"""Data-parallel training over MPI (mpi4py), with NCCL (through CuPy) between GPUs.
+
+Synchronous data-parallel SGD, as PyTorch's DistributedDataParallel and Horovod do it. Every
+rank (process) holds the whole network and the whole data set, and walks the same shuffled
+order. For each global mini-batch of m rows, rank r runs forward, BP1, BP2 and BP3/BP4 on its
+share S_r of the rows (``share``: contiguous, sizes differing by at most one, empty for some
+ranks when m < ranks), scaled by the GLOBAL batch size:
+
+    nabla_r = (1/m) sum_{x in S_r} dC_x/dp,
+
+one all-reduce sums them in place, nabla = sum_r nabla_r = (1/m) sum_x dC_x/dp, which is the
+gradient one process computes for the whole batch, and every rank applies the same update to
+the same parameters. Parameters and momentum are broadcast from rank 0 when a fit starts (and
+the order of each epoch too, so differently seeded ranks still agree); costs and accuracy counts
+are summed over the ranks. ``batch_size`` is therefore the global batch: the result of a fit does
+not depend on the number of ranks, up to the rounding of the sums' order.
+
+Only the per-step paths ("layers", and "cublas" on CUDA) can take a collective between two steps;
+"auto" picks "layers", and a forced "epoch", "graph" or "cublas-graph" path is an error.
+
+    from mpi4py import MPI
+    import gpubp
+    from gpubp import distributed
+
+    comm = distributed.init()           # before the Network: on CUDA it picks this rank's GPU
+    net = gpubp.Network([784, 100, 10], seed=0)
+    net.fit(X, y, batch_size=256, comm=comm)     # mpiexec -n 4 python train.py
+    net.evaluate(X_test, y_test, comm=comm)      # each rank evaluates a quarter of the rows
+
+Transports (``Communicator.attach``), the same on every rank:
+- CPU: MPI's Allreduce in place on the host buffer.
+- CUDA: NCCL on the device buffer (``cupy.cuda.nccl``, its id broadcast over MPI) when every rank
+  has CuPy with NCCL; else MPI on the device buffer when the MPI library says it is CUDA-aware
+  (``MPIX_Query_cuda_support``); else MPI on a host copy ("staged"). ``GPUBP_TRANSPORT=nccl``,
+  ``cuda-aware-mpi`` or ``staged`` forces one. The choice is logged (``logging.getLogger("gpubp")``).
+
+Faults: ``init`` makes an uncaught exception on any rank print its traceback and call MPI_Abort,
+which ends every rank (instead of leaving the others waiting in a collective); ``run_command``
+does the same for the ``gpubp`` command's error exits. A rank that is killed is the launcher's
+to clean up (mpiexec ends the others at once). As a last resort a watchdog ends every rank when
+one has waited ``timeout`` seconds (default 300, ``GPUBP_DIST_TIMEOUT``; 0: never) in an MPI
+collective: a peer that hangs, or exits without MPI_Abort. NCCL's collectives run on the GPU
+after the call returns and are not watched: there, the launcher's clean-up ends the others.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("gpubp")
+
+INSTALL_HINT = "distributed training needs mpi4py and an MPI library: pip install 'gpubp[mpi]'"
+TRANSPORTS = ("mpi", "nccl", "cuda-aware-mpi", "staged")
+DEFAULT_TIMEOUT = 300.0
+
+
+def _mpi() -> Any:
+    """mpi4py's MPI module (importing it initialises MPI), or ImportError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} ({e})") from None
+    return MPI
+
+
+def step_execution(path: Any) -> Any:
+    """How a distributed fit runs for the ``path`` the network was made with ("auto" or a
+    ``gpubp.Execution``): one call per step, to all-reduce the gradients between two steps. "auto"
+    takes the Numba products; a whole epoch per call or recorded steps: ValueError."""
+    from .schedule import Execution, path_name
+
+    if path == "auto":
+        return Execution()
+    if path.whole_epoch or path.replay:
+        what = "a whole epoch" if path.whole_epoch else "many steps"
+        raise ValueError(
+            f"path={path_name(path)!r} runs {what} per call, so it cannot all-reduce the gradients between two steps; "
+            f"distributed training needs path='layers' (or 'cublas' on CUDA), or 'auto', which picks 'layers'"
+        )
+    return path
+
+
+def _path_code(path: Any) -> int:
+    """A number for the path, the same on every rank that was given the same one (for ``agree``)."""
+    if path == "auto":
+        return 8
+    return 4 * (path.products == "cublas") + 2 * path.replay + path.whole_epoch
+
+
+def _cuda_aware_mpi(MPI: Any) -> bool:
+    """Whether the MPI library under mpi4py says it takes CUDA device pointers (MPICH and Open MPI
+    both export MPIX_Query_cuda_support; it is looked up through mpi4py's extension module)."""
+    try:
+        query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support
+    except (OSError, AttributeError):
+        return False
+    query.restype = ctypes.c_int
+    return bool(query())
+
+
+def _nccl() -> tuple[Any, str]:
+    """(cupy.cuda.nccl, "") when CuPy with a loadable NCCL is installed, else (None, why not)."""
+    try:
+        from cupy.cuda import nccl
+
+        nccl.get_version()
+    except Exception as e:  # ImportError, or CuPy without NCCL: a CUDARuntimeError, a RuntimeError
+        return None, f"{type(e).__name__}: {e}"
+    return nccl, ""
+
+
+def _pointer(array: Any) -> int:
+    return array.__cuda_array_interface__["data"][0]
+
+
+class Communicator:
+    """A wrapper of an mpi4py communicator: this rank, its share of each batch, and the collectives
+    data-parallel SGD needs (broadcast from rank 0, in-place sum of a flat buffer, sums of scalars).
+
+    Making one is collective (every rank of ``comm`` must make it). On a machine with GPUs, and
+    unless ``select_gpu`` is False, it makes GPU ``local_rank % GPUs`` current: make it before the
+    Network, whose CUDA arrays live on the GPU current when it is made.
+    """
+
+    def __init__(self, comm: Any = None, select_gpu: bool = True, timeout: float | None = None) -> None:
+        MPI = self.MPI = _mpi()
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)  # the ranks on this machine
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        if timeout is None:
+            text = os.environ.get("GPUBP_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+            try:
+                timeout = float(text)
+            except ValueError:
+                raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds, e.g. 300 (0: no watchdog)") from None
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds (0: no watchdog), got {timeout!r}")
+        self.timeout = timeout
+        self.gpu: int | None = self._select_gpu() if select_gpu else None
+        self.transports: dict[str, str] = {}  # device -> transport, fixed by attach
+        self.rows = 0  # training rows this rank took (``take``) since the last ``end_epoch``
+        self.rows_per_rank: list[int] = []  # every rank's ``rows`` at the last ``end_epoch``
+        self._nccl_comm: Any = None
+        self._staging: dict[tuple[int, str], np.ndarray] = {}
+        self._zeros: dict[tuple[int, str], Any] = {}
+        self._waiting: tuple[float, str] | None = None  # (since when, which collective), for the watchdog
+        self._watchdog: threading.Thread | None = None
+
+    step_execution = staticmethod(step_execution)  # for the schedule, which holds a Communicator
+
+    def __repr__(self) -> str:
+        where = f"rank {self.rank} of {self.size}, local rank {self.local_rank}"
+        return f"Communicator({where}, transports {self.transports or 'not chosen yet'})"
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _select_gpu(self) -> int | None:
+        """Make GPU local_rank % (GPUs on this machine) current; None without a real GPU."""
+        from .backends import cuda_status, simulator_enabled
+
+        if simulator_enabled() or not cuda_status()[0]:
+            return None
+        from numba import cuda
+
+        gpu = self.local_rank % len(cuda.gpus)
+        cuda.select_device(gpu)
+        if self.local_size > len(cuda.gpus) and self.local_rank == 0:
+            log.warning("gpubp: %d ranks share %d GPUs on this machine", self.local_size, len(cuda.gpus))
+        return gpu
+
+    def attach(self, device: str) -> str:
+        """Choose, once per device ("cpu" or "cuda") and the same on every rank, how buffers on it
+        are summed; returns and logs the transport. Collective."""
+        if device in self.transports:
+            return self.transports[device]
+        if device == "cpu":
+            transport = "mpi"
+        else:
+            nccl, why_not = _nccl()
+            # What every rank can do, and rank 0's GPUBP_TRANSPORT (-1: none, -2: not a transport):
+            # every rank then makes the same choice, or raises the same error.
+            here = np.array([nccl is not None, _cuda_aware_mpi(self.MPI)], dtype=np.int64)
+            everywhere = np.empty_like(here)
+            self._collective("a check of the transports", self.comm.Allreduce, here, everywhere, self.MPI.MIN)
+            forced = os.environ.get("GPUBP_TRANSPORT", "")
+            wish = np.array([TRANSPORTS[1:].index(forced) + 1 if forced in TRANSPORTS[1:] else -2 if forced else -1])
+            self._collective("a broadcast from rank 0", self.comm.Bcast, wish, 0)
+            if wish[0] == -2:
+                raise ValueError("GPUBP_TRANSPORT on rank 0 is not one of 'nccl', 'cuda-aware-mpi', 'staged'")
+            forced = TRANSPORTS[wish[0]] if wish[0] > 0 else ""
+            transport = forced or ("nccl" if everywhere[0] else "cuda-aware-mpi" if everywhere[1] else "staged")
+            if transport == "nccl" and not everywhere[0]:
+                why_not = why_not or "on another rank"
+                raise RuntimeError(f"GPUBP_TRANSPORT=nccl but a rank has no CuPy with NCCL ({why_not})")
+            if transport == "nccl":
+                self._nccl_comm = self._start_nccl(nccl)
+            if not everywhere[0] and self.rank == 0:
+                log.info("gpubp: no NCCL on every rank (%s)", why_not or "another rank")
+        self.transports[device] = transport
+        if self.rank == 0:
+            log.info("gpubp: %d ranks; %s buffers are summed by %s", self.size, device, transport)
+        return transport
+
+    def _start_nccl(self, nccl: Any) -> Any:
+        """An NCCL communicator over the same ranks; rank 0's unique id is broadcast over MPI."""
+        uid = np.zeros(nccl.NCCL_UNIQUE_ID_BYTES if hasattr(nccl, "NCCL_UNIQUE_ID_BYTES") else 128, np.int64)
+        if self.rank == 0:
+            uid[:] = nccl.get_unique_id()
+        self.comm.Bcast(uid, root=0)
+        return nccl.NcclCommunicator(self.size, tuple(int(v) for v in uid), self.rank)
+
+    # -- who computes what --------------------------------------------------------------------------
+    def share(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's rows of [start, stop): contiguous, every rank within one row of the others."""
+        m = stop - start
+        return start + m * self.rank // self.size, start + m * (self.rank + 1) // self.size
+
+    def take(self, start: int, stop: int) -> tuple[int, int]:
+        """``share`` of a training batch, counted in ``rows``."""
+        lo, hi = self.share(start, stop)
+        self.rows += hi - lo
+        return lo, hi
+
+    # -- collectives ----------------------------------------------------------------------------------
+    def _collective(self, what: str, call: Callable, *args: Any) -> None:
+        """call(*args), watched: if it has not returned after ``timeout`` s, every rank is ended."""
+        if self.timeout > 0 and self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="gpubp-watchdog", daemon=True)
+            self._watchdog.start()
+        self._waiting = (time.monotonic(), what)
+        try:
+            call(*args)
+        finally:
+            self._waiting = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            waiting = self._waiting
+            if waiting is not None and time.monotonic() - waiting[0] > self.timeout:
+                sys.stderr.write(
+                    f"gpubp: rank {self.rank} of {self.size} waited {self.timeout:g} s for the other ranks in "
+                    f"{waiting[1]}: one of them has stopped or hangs; ending every rank\n"
+                )
+                self.abort(3)
+
+    def allreduce(self, buffer: Any) -> None:
+        """buffer <- the sum of every rank's buffer, in place (a numpy array, or a CUDA array
+        after ``attach("cuda")``)."""
+        if isinstance(buffer, np.ndarray):
+            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, buffer, self.MPI.SUM)
+            return
+        transport = self.transports["cuda"]
+        if transport == "nccl":
+            nccl = self._nccl_module()
+            p = _pointer(buffer)  # in place; on the default stream, after the kernels that wrote it
+            self._nccl_comm.allReduce(p, p, buffer.size, self._nccl_type(buffer), nccl.NCCL_SUM, 0)
+        elif transport == "cuda-aware-mpi":
+            self._synchronize()  # MPI reads the device memory outside CUDA's stream order
+            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, buffer, self.MPI.SUM)
+        else:
+            host = self._host(buffer)
+            buffer.copy_to_host(host)
+            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, host, self.MPI.SUM)
+            buffer.copy_to_device(host)
+
+    def broadcast(self, buffer: Any) -> None:
+        """buffer <- rank 0's buffer, in place (numpy or CUDA, like ``allreduce``)."""
+        if isinstance(buffer, np.ndarray):
+            self._collective("a broadcast from rank 0", self.comm.Bcast, buffer, 0)
+            return
+        transport = self.transports["cuda"]
+        if transport == "nccl":
+            p = _pointer(buffer)
+            self._nccl_comm.broadcast(p, p, buffer.size, self._nccl_type(buffer), 0, 0)
+        elif transport == "cuda-aware-mpi":
+            self._synchronize()
+            self._collective("a broadcast from rank 0", self.comm.Bcast, buffer, 0)
+        else:
+            host = self._host(buffer)
+            buffer.copy_to_host(host)
+            self._collective("a broadcast from rank 0", self.comm.Bcast, host, 0)
+            buffer.copy_to_device(host)
+
+    def zero(self, buffer: Any) -> None:
+        """buffer <- 0: a rank with no rows in a batch adds zeros to the sum."""
+        if isinstance(buffer, np.ndarray):
+            buffer[...] = 0
+            return
+        key = (buffer.size, buffer.dtype.str)
+        if key not in self._zeros:
+            from numba import cuda
+
+            self._zeros[key] = cuda.to_device(np.zeros(buffer.size, buffer.dtype))
+        buffer.copy_to_device(self._zeros[key])
+
+    def sum(self, *values: float) -> tuple[float, ...]:
+        """Each value summed over the ranks, in rank order: the same bits on every rank."""
+        mine = np.array(values, dtype=np.float64)
+        every = np.empty((self.size, len(values)), np.float64)
+        self._collective("a sum of scalars", self.comm.Allgather, mine, every)
+        total = every[0].copy()
+        for row in every[1:]:
+            total += row
+        return tuple(float(v) for v in total)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on some rank (so that every rank stops when one wants to)."""
+        return self.sum(float(bool(flag)))[0] > 0
+
+    def end_epoch(self, cost: float) -> float:
+        """The epoch's cost summed over the ranks; notes every rank's ``rows`` in ``rows_per_rank``."""
+        mine = np.array([cost, self.rows], dtype=np.float64)
+        every = np.empty((self.size, 2), np.float64)
+        self._collective("the epoch's sums", self.comm.Allgather, mine, every)
+        self.rows_per_rank = [int(r) for r in every[:, 1]]
+        self.rows = 0
+        total = 0.0
+        for c in every[:, 0]:
+            total += float(c)
+        return total
+
+    def agree(self, **settings: float) -> None:
+        """ValueError on every rank if some rank was given other ``settings`` (numbers) than the rest:
+        ranks that disagree on the data's size or the number of epochs would wait for each other."""
+        names = sorted(settings)
+        mine = np.array([float(settings[k]) for k in names], dtype=np.float64)
+        every = np.empty((self.size, len(names)), np.float64)
+        self._collective("a check of the settings", self.comm.Allgather, mine, every)
+        for j, name in enumerate(names):
+            column = every[:, j]
+            if not (column == column[0]).all():
+                raise ValueError(
+                    f"the ranks were given different {name}: {', '.join(f'{v:g}' for v in column)} "
+                    f"(ranks 0..{self.size - 1}); every rank must fit the same data with the same settings"
+                )
+
+    def abort(self, status: int = 1) -> None:
+        """End every rank of the communicator now (MPI_Abort)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(0.25)  # mpiexec kills every rank on an abort: let it forward what this one just wrote
+        self.comm.Abort(status)
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _host(self, buffer: Any) -> np.ndarray:
+        key = (buffer.size, buffer.dtype.str)
+        if key not in self._staging:
+            self._staging[key] = np.empty(buffer.shape, buffer.dtype)
+        return self._staging[key]
+
+    def _nccl_module(self) -> Any:
+        from cupy.cuda import nccl
+
+        return nccl
+
+    def _nccl_type(self, buffer: Any) -> int:
+        nccl = self._nccl_module()
+        return {4: nccl.NCCL_FLOAT32, 8: nccl.NCCL_FLOAT64}[buffer.dtype.itemsize]
+
+    @staticmethod
+    def _synchronize() -> None:
+        from numba import cuda
+
+        cuda.synchronize()
+
+
+_communicators: dict[int, Communicator] = {}
+
+
+def communicator(comm: Any) -> Communicator | None:
+    """``comm`` as a Communicator: None stays None, a Communicator is itself, an mpi4py communicator
+    is wrapped once (made on first use: collective, and after the Network, so no GPU is chosen)."""
+    if comm is None or isinstance(comm, Communicator):
+        return comm
+    MPI = _mpi()
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator or a gpubp.distributed.Communicator, got {comm!r}")
+    key = comm.py2f()
+    if key not in _communicators:
+        _communicators[key] = Communicator(comm, select_gpu=False)
+    return _communicators[key]
+
+
+def init(comm: Any = None, abort_on_error: bool = True, timeout: float | None = None) -> Communicator:
+    """A Communicator over ``comm`` (default MPI.COMM_WORLD), made before the Network (so that on
+    a machine with GPUs each rank takes its own). With ``abort_on_error``, an uncaught exception
+    on any rank prints its traceback and ends every rank (MPI_Abort), as ``python -m mpi4py`` does."""
+    dist = Communicator(comm, timeout=timeout)
+    if dist.comm.py2f() not in _communicators:
+        _communicators[dist.comm.py2f()] = dist
+    if abort_on_error and dist.size > 1:
+        previous = sys.excepthook
+
+        def abort_all(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+            previous(kind, value, tb)
+            sys.stderr.write(f"gpubp: rank {dist.rank} of {dist.size} failed; ending every rank\n")
+            dist.abort(1)
+
+        sys.excepthook = abort_all
+    return dist
+
+
+def prepare_fit(comm: Any, schedule: Any, device: str, **settings: float) -> Communicator | None:
+    """Set ``schedule`` up for a fit over ``comm`` (None: one process): choose the transport,
+    check that every rank has the same ``settings`` and a per-step path, and broadcast the
+    parameters and the momentum state from rank 0. Collective. Returns the Communicator or None."""
+    dist = communicator(comm)
+    schedule.dist = dist
+    if dist is None:
+        return None
+    params = schedule.params
+    dist.agree(path=_path_code(schedule.path), parameters=params.size, itemsize=params.dtype.itemsize, **settings)
+    step_execution(schedule.path)  # the same on every rank: agree checked it
+    dist.attach(device)
+    dist.broadcast(schedule.params)
+    dist.broadcast(schedule.velocity)
+    dist.rows = 0
+    return dist
+
+
+def run_command(args: Any, run: Callable[[], int]) -> int:
+    """Run one ``gpubp`` command on every rank of MPI.COMM_WORLD (``gpubp train --distributed``).
+
+    ``args.comm`` is set to the Communicator. Rank 0 runs the command as on one process. The other
+    ranks run it quietly: no progress bar, no --save, --plot or --json, their output held back and
+    shown (after a second's grace for rank 0 to report the same failure) only if they fail. A rank
+    that ends with a non-zero status (an error, a divergence, Ctrl-C) prints why and calls
+    MPI_Abort, so no rank is left waiting in a collective for it."""
+    try:
+        dist = init()
+    except ImportError as e:
+        print(f"gpubp: error: {e}", file=sys.stderr)
+        return 1
+    args.comm = dist
+    if dist.rank == 0:
+        status = run()
+    else:
+        args.save = args.plot = None
+        args.json, args.progress = False, False
+        held = io.StringIO()
+        try:
+            with redirect_stdout(io.StringIO()), redirect_stderr(held):
+                status = run()
+        except BaseException:
+            sys.stderr.write(held.getvalue())
+            raise  # to init's hook, which aborts every rank
+        if status != 0 and dist.size > 1:
+            # Rank 0 may have failed the same way (a bad option fails everywhere): give it a second to
+            # say so and end every rank first, so the message is printed once.
+            time.sleep(1.0)
+        if status != 0:
+            for line in held.getvalue().splitlines():
+                print(f"[rank {dist.rank}] {line}", file=sys.stderr)
+    if status != 0 and dist.size > 1:
+        dist.abort(status)
+    return status

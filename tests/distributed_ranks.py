@@ -1,0 +1,103 @@
+"""The program each rank runs in tests/test_distributed.py: ``mpiexec -n N python distributed_ranks.py MODE OUT``.
+
+Modes:
+  fit       fits and evaluations over MPI.COMM_WORLD (float64 and float32, on the CPU); each rank
+            writes what it ended with to OUT/rank{r}.npz for the test to compare
+  fit-cuda  a float64 fit on device="cuda" (Numba's CUDA simulator in the tests): the staged transport
+  raise     the last rank raises an exception after epoch 1
+  kill      the last rank kills itself (SIGKILL) after epoch 1
+  hang      the last rank stops answering after epoch 1 (the watchdog of the others must end the run)
+  cli-fail  `gpubp train --distributed` on an .npz file (OUT) that the last rank fails to read
+"""
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+SIZES = [6, 5, 4, 3]
+FIT = dict(epochs=2, batch_size=7, lr=0.5, momentum=0.9, weight_decay=1e-3)
+CUDA_FIT = {**FIT, "epochs": 1}
+NET = dict(activation="tanh", output_activation="softmax", loss="log_likelihood", device="cpu", seed=3)
+
+
+def problem():
+    """50 training rows (7 batches of 7 and a last one of 1), 11 validation rows, 2 test rows."""
+    rng = np.random.default_rng(7)
+    X, y = rng.random((50, 6)), rng.integers(0, 3, 50)
+    Xv, yv = rng.random((11, 6)), rng.integers(0, 3, 11)
+    Xt, yt = rng.random((2, 6)), rng.integers(0, 3, 2)
+    return X, y, Xv, yv, Xt, yt
+
+
+def flat(net):
+    return np.concatenate([p.ravel() for p in net.weights + net.biases])
+
+
+def main(mode: str, out: str) -> None:
+    import gpubp
+    from gpubp import distributed
+
+    if mode == "cli-fail":
+        from gpubp import cli, data
+
+        if int(os.environ["PMI_RANK"]) == int(os.environ["PMI_SIZE"]) - 1:  # set by MPICH's mpiexec
+
+            def broken(*args, **kwargs):
+                raise data.DataError("planted failure reading the data on this rank")
+
+            data.load = broken
+        argv = ["train", "--distributed", "--data", out, "--hidden", "4", "--epochs", "2", "--device", "cpu"]
+        sys.exit(cli.main(argv))
+
+    comm = distributed.init()
+    r, last = comm.rank, comm.size - 1
+    X, y, Xv, yv, Xt, yt = problem()
+
+    if mode in ("raise", "kill", "hang"):
+
+        def callback(epoch, record):
+            if r == 0 and mode == "hang":
+                comm.timeout = 3.0  # the ranks are in step now: a short watchdog for the test
+            if r == last and mode == "raise":
+                raise RuntimeError(f"planted failure on rank {r}")
+            if r == last and mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if r == last and mode == "hang":
+                time.sleep(600)
+
+        net = gpubp.Network(SIZES, dtype="float64", **NET)
+        net.fit(X, y, comm=comm, callback=callback, **{**FIT, "epochs": 50})
+        return
+
+    results = {"rank": r, "size": comm.size}
+    dtypes, settings, fit = ("float64", "float32"), NET, FIT
+    if mode == "fit-cuda":  # the simulator is slow: 15 rows (batches of 7, 7 and 1), one epoch
+        X, y, dtypes, settings, fit = X[:15], y[:15], ("float64",), {**NET, "device": "cuda"}, CUDA_FIT
+    for dtype in dtypes:
+        # Each rank its own seed: rank 0's parameters and shuffled order are broadcast to the others.
+        net = gpubp.Network(SIZES, dtype=dtype, **{**settings, "seed": settings["seed"] + r})
+        history = net.fit(X, y, validation=(Xv, yv), comm=comm, **fit)
+        results[f"{dtype}_transport"] = np.array(comm.transports[net.device])
+        results[f"{dtype}_params"] = flat(net)
+        for key in ("loss", "val_loss", "val_accuracy"):
+            results[f"{dtype}_{key}"] = np.array(history[key], dtype=np.float64)
+        results[f"{dtype}_rows_per_rank"] = np.array(comm.rows_per_rank)
+        for name, (Xe, ye) in {"test": (Xt, yt), "val": (Xv, yv)}.items():
+            e = net.evaluate(Xe, ye, comm=comm)
+            results[f"{dtype}_{name}_eval"] = np.array([e["loss"], e["accuracy"]])
+    if mode == "fit":
+        one = gpubp.Network([6, 3, 1], dtype="float64", device="cpu", seed=5)  # a single output: a > 0.5
+        e = one.evaluate(Xv, (yv % 2).astype(float), comm=comm)
+        results["one_output_eval"] = np.array([e["loss"], e["accuracy"]])
+        try:  # ranks given different settings: the same clear error on every rank, before any step
+            gpubp.Network(SIZES, dtype="float64", **NET).fit(X, y, comm=comm, **{**FIT, "epochs": 2 + (r == last)})
+        except ValueError as e:
+            results["disagree"] = np.array(str(e))
+    np.savez(os.path.join(out, f"rank{r}.npz"), **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
