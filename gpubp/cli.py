@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.add_argument("--save", metavar="PATH", help="keep the best model by validation accuracy here (.npz)")
     p.add_argument(
+        "--early-stopping",
+        type=_positive_int,
+        metavar="EPOCHS",
+        help="stop after this many epochs in a row without a better validation accuracy",
+    )
+    p.add_argument(
         "--resume",
         metavar="PATH",
         help="continue training a saved model (its layers, activations, loss and dtype)",
@@ -475,13 +481,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     has_val = len(ds.y_val) > 0
     validation = (ds.X_val, ds.y_val) if has_val else None
-    best = {"epoch": None, "val_accuracy": -math.inf}
+    best = {"epoch": None, "val_accuracy": None}
     in_place = bool(args.resume and args.save and Path(args.save).resolve() == Path(args.resume).resolve())
-    # Which epoch the --save file really holds (0: the resumed model), whatever interrupts a save.
+    # fit keeps the best model in --save (gpubp.training); this says which epoch the file really
+    # holds (0: the resumed model), whatever interrupts a save.
     saved = SavedEpoch(args.save, initial=0 if in_place else None) if args.save else None
+    if args.early_stopping and not has_val:
+        raise UsageError("--early-stopping watches the validation accuracy, and this data set has no validation set")
+    baseline = None
     if in_place and has_val:
         # Overwrite the resumed model only with a better one.
-        best["val_accuracy"] = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
+        baseline = best["val_accuracy"] = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
         best["epoch"] = 0
         say(f"resumed model: validation accuracy {best['val_accuracy']:.4f}")
     show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -496,13 +506,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if record.get("val_accuracy") is not None:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
         line += f"  {record['seconds']:.2f} s"
-        improved = not has_val or record["val_accuracy"] > best["val_accuracy"]
-        if improved:
-            best["epoch"] = epoch
-            best["val_accuracy"] = record["val_accuracy"] if has_val else None
-            if saved is not None:
-                saved.save(net, epoch)
-                line += "  saved" if has_val else ""
+        if record["improved"]:  # judged by fit's tracker, which has saved it to --save
+            best["epoch"], best["val_accuracy"] = epoch, record["val_accuracy"]
+            line += "  saved" if has_val and saved is not None and saved.epoch == epoch else ""
         say(line)
         progress.start()
 
@@ -526,6 +532,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr_decay=args.lr_decay,
             progress=progress,
             comm=comm,
+            monitor="val_accuracy" if has_val else "epoch",  # without validation, the latest is kept
+            early_stopping=args.early_stopping,
+            checkpoint=saved,
+            restore_best=False,  # the test set scores the last epoch's model
+            baseline=baseline,
         )
     except KeyboardInterrupt as e:
         progress.close()

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .modelfile import SavedEpoch
+
 if TYPE_CHECKING:  # pragma: no cover
     from .network import History, Network
 
@@ -76,7 +78,9 @@ class BestModel:
     ``monitor``: "val_loss", "val_accuracy", "loss" or "epoch" (the latest is best). ``patience``:
     stop after this many epochs in a row without improvement (None: never stop early). ``min_delta``:
     how much a value must beat the best by to count as an improvement. ``restore_best``: end with
-    the best epoch's state. ``checkpoint``: a path (.npz) that always holds the best model so far.
+    the best epoch's state. ``checkpoint``: a path (.npz) that always holds the best model so far,
+    or a ``gpubp.modelfile.SavedEpoch`` for one (which then tells, whatever interrupts a save,
+    which epoch the file really holds).
     ``baseline``: the value of the starting model, to beat (None: the first epoch is the first best).
     """
 
@@ -86,7 +90,7 @@ class BestModel:
         patience: int | None = None,
         min_delta: float = 0.0,
         restore_best: bool = True,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | SavedEpoch | None = None,
         baseline: float | None = None,
     ) -> None:
         if monitor not in MONITORS:
@@ -101,13 +105,14 @@ class BestModel:
             raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
         if not isinstance(restore_best, (bool, np.bool_)):
             raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
-        if checkpoint is not None:
-            checkpoint = os.fspath(checkpoint)
-            folder = os.path.dirname(os.path.abspath(checkpoint))
+        if checkpoint is not None and not isinstance(checkpoint, SavedEpoch):
+            path = os.fspath(checkpoint)
+            folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
-                raise FileNotFoundError(f"checkpoint {checkpoint}: the folder {folder} does not exist")
-            if os.path.isdir(checkpoint):
-                raise ValueError(f"checkpoint {checkpoint} is a folder; give a file name such as best.npz")
+                raise FileNotFoundError(f"checkpoint {path}: the folder {folder} does not exist")
+            if os.path.isdir(path):
+                raise ValueError(f"checkpoint {path} is a folder; give a file name such as best.npz")
+            checkpoint = SavedEpoch(path)
         self.monitor = monitor
         self.patience = None if patience is None else int(patience)
         self.restore_best = bool(restore_best)
@@ -182,7 +187,7 @@ class BestModel:
             if self.restore_best:
                 self._best_state = _copy_state(net, self._best_state)
             if self.checkpoint is not None:
-                net.save(self.checkpoint)
+                self.checkpoint.save(net, self.best_epoch)
         else:
             self.waited += 1
         self.stopped_early = self.patience is not None and self.waited >= self.patience

@@ -397,3 +397,29 @@ def test_trace_uses_a_saved_models_settings(capsys, tmp_path):
     code, out, err = run(capsys, "trace", "--weights", model, "--x", "1,2,3", "--y", "0,1")
     assert code == 0, err
     assert "relu hidden, softmax output, log_likelihood cost" in out
+
+
+def test_early_stopping_keeps_the_best_model_in_save(capsys, tmp_path):
+    """--early-stopping stops after that many epochs without a better validation accuracy; --save
+    (fit's checkpoint) holds the best epoch, whose accuracy the saved model scores again."""
+    path = tmp_path / "best.npz"
+    code, out, err = run(capsys, "train", "--dataset", "digits", "--epochs", "40", "--lr", "8", "--batch-size", "200",
+                         "--early-stopping", "2", "--save", path, "--json", *CPU)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    accuracies = summary["history"]["val_accuracy"]
+    best = int(np.argmax(accuracies)) + 1  # the first of equal maxima: only a better one replaces it
+    assert len(accuracies) < 40 and len(accuracies) - best == 2  # stopped two epochs after the best
+    assert summary["best_epoch"] == summary["saved_epoch"] == best
+    saved = gpubp.Network.load(path, device="cpu")
+    assert saved.epochs_trained == best
+    ds = data.load_digits()
+    assert saved.evaluate(ds.X_val, ds.y_val)["accuracy"] == pytest.approx(accuracies[best - 1], abs=1e-12)
+
+
+def test_early_stopping_needs_validation(capsys, tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "no-val.npz"  # an empty validation set given: none is held out
+    np.savez(path, X=rng.random((30, 4)), y=np.arange(30) % 2, X_val=np.empty((0, 4)), y_val=np.empty(0, np.int64))
+    code, _, err = run(capsys, "train", "--data", path, "--early-stopping", "2", *CPU)
+    assert_usage_error(code, err, "--early-stopping", "no validation set")

@@ -704,13 +704,16 @@ def test_gpu_input_gives_gpu_output_and_parameters_come_out_on_the_gpu(rng):
     predict on the same X from the host; device_parameters are copies on the GPU."""
     from numba import cuda
 
-    X = rng.standard_normal((1030, 6))  # more rows than one forward chunk of 1024
+    X = rng.standard_normal((40, 6))
     net = gpubp.Network([6, 5, 3], output_activation="softmax", loss="log_likelihood", dtype="float64",
                         device="cuda", seed=4)  # fmt: skip
     out = net.predict(cuda.to_device(X))
-    assert not isinstance(out, np.ndarray) and out.shape == (1030, 3)
+    assert not isinstance(out, np.ndarray) and out.shape == (40, 3)
     host = out.get() if hasattr(out, "get") else out.copy_to_host()
     np.testing.assert_array_equal(host, net.predict(X))
+    # in chunks of 16 rows (1024 in predict): each chunk lands in its rows of the device output
+    chunked = net._schedule.predict(net._inputs(cuda.to_device(X)), cap=16, on_device=True)
+    np.testing.assert_array_equal(chunked.copy_to_host(), host)
     np.testing.assert_allclose(host, ref.forward(net.weights, net.biases, X, ["sigmoid", "softmax"])[1][-1], rtol=1e-12)
     weights, biases = net.device_parameters()
     for got, want in zip(weights + biases, net.weights + net.biases):
