@@ -220,11 +220,9 @@ class Schedule:
         w_off = np.concatenate([[0], np.cumsum(n_w)])
         b_off = w_off[-1] + np.concatenate([[0], np.cumsum(sizes[1:])])
         self.n_weights = int(w_off[-1])
-        layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], dtype=np.int64)
-        self.host_layout = layout
-        self.layout = backend.to_device(layout)
-        self.units = backend.to_device(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-        self._units = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.host_layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], np.int64)
+        self.host_units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # units[l] = sum(sizes[:l])
+        self.layout, self.units = backend.to_device(self.host_layout), backend.to_device(self.host_units)
         self.acts = backend.to_device(np.asarray(acts, dtype=np.int64))
 
         self.params = backend.to_device(params)
@@ -266,7 +264,7 @@ class Schedule:
                 oldest = next(iter(self._buffers))
                 del self._buffers[oldest]
                 self._views = {key: v for key, v in self._views.items() if key[0] != oldest}
-            n, e = cap * int(self._units[-1]), self.backend.empty
+            n, e = cap * int(self.host_units[-1]), self.backend.empty
             self._buffers[cap] = (
                 e(n, self.dtype),
                 e(n, self.dtype),
@@ -281,7 +279,8 @@ class Schedule:
             A, Z, D, Y = self.buffers(cap)
 
             def slots(buf: Any) -> list[Any]:
-                return [buf[cap * u : cap * u + m * n].reshape((m, n)) for u, n in zip(self._units[:-1], self.sizes)]
+                starts = self.host_units[:-1] * cap
+                return [buf[u : u + m * n].reshape((m, n)) for u, n in zip(starts, self.sizes)]
 
             self._views[(cap, m)] = Views(
                 slots(A), slots(Z), slots(D), Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1]))
