@@ -131,11 +131,24 @@ class Views:
     Y: Any
 
 
-class CpuEngine:
-    """The CPU's order of backpropagation is ``kernels.cpu.step``: one @njit call per batch."""
+class Engine:
+    """Runs one step's kernels, and a whole epoch's, for a schedule on its device."""
+
+    epoch_options: dict[str, int] = {}  # launch settings of the whole-epoch call
 
     def __init__(self, s: Schedule) -> None:
         self.s, self.k = s, s.backend.kernels
+
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        """Mini-batch SGD over rows order[start:stop] in one call (``train_batches``)."""
+        s = self.s
+        A, Z, D, Yb = s.buffers(batch_size)
+        self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
+                             s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost, **self.epoch_options)  # fmt: skip
+
+
+class CpuEngine(Engine):
+    """The CPU's order of backpropagation is ``kernels.cpu.step``: one @njit call per batch."""
 
     def forward(self, v: Views, cap: int, m: int) -> None:
         s = self.s
@@ -149,23 +162,18 @@ class CpuEngine:
         self.k.step(s.params, s.nabla, s.velocity, s.layout, s.units, s.acts, s.loss, v.Y, A, Z, D, cap, m, scale,
                     0.0, 0.0, 0.0, s.cost, False)  # fmt: skip
 
-    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
-        s = self.s
-        A, Z, D, Yb = s.buffers(batch_size)
-        self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
-                             s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost)  # fmt: skip
 
-
-class CudaEngine:
+class CudaEngine(Engine):
     """CUDA's order of backpropagation, one kernel launch per operation and layer."""
 
     def __init__(self, s: Schedule, products: str) -> None:
-        self.s, self.k = s, s.backend.kernels
+        super().__init__(s)
         k = self.k
         if products == "cublas":
             self.products = (k.forward_cublas, k.hidden_error_cublas, k.weight_gradient_cublas)
         else:
             self.products = (k.forward, k.hidden_error, k.weight_gradient)
+        self.epoch_options = {"threads": s.tuning.fused_threads, "shared": s.tuning.fused_shared}
 
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
         """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
@@ -186,13 +194,6 @@ class CudaEngine:
             k.bias_gradient(v.D[l + 1], scale, s.gb[l], stream)  # BP3
             if l > 0:  # BP2
                 hidden_error(v.D[l + 1], s.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
-
-    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
-        s, t = self.s, self.s.tuning
-        A, Z, D, Yb = s.buffers(batch_size)
-        self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
-                             s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost,
-                             threads=t.fused_threads, shared=t.fused_shared)  # fmt: skip
 
 
 class Schedule:

@@ -21,9 +21,10 @@ One module per family of kernels:
 
 from types import SimpleNamespace
 
-from . import cublas, elementwise, fused, products
-from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas
-from .elementwise import (
+# the launchers, under the names of kernels.cpu
+from . import cublas, elementwise, fused, products  # noqa: F401
+from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas  # noqa: F401
+from .elementwise import (  # noqa: F401
     advance,
     bias_gradient,
     count_correct,
@@ -34,33 +35,8 @@ from .elementwise import (
     sgd_update,
     sgd_update_from,
 )
-from .fused import train_batches
-from .products import forward, hidden_error, weight_gradient
-
-__all__ = [
-    "advance",
-    "bias_gradient",
-    "check_cublas",
-    "count_correct",
-    "count_nonfinite",
-    "cublas",
-    "elementwise",
-    "forward",
-    "forward_cublas",
-    "fused",
-    "gather_rows",
-    "gather_rows_at",
-    "hidden_error",
-    "hidden_error_cublas",
-    "output_error",
-    "products",
-    "sgd_update",
-    "sgd_update_from",
-    "stream_pointer",
-    "train_batches",
-    "weight_gradient",
-    "weight_gradient_cublas",
-]
+from .fused import train_batches  # noqa: F401
+from .products import forward, hidden_error, weight_gradient  # noqa: F401
 
 
 def builds(T) -> SimpleNamespace:
