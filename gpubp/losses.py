@@ -39,3 +39,8 @@ def resolve(activation: str, output_activation: str | None, loss: str) -> tuple[
 def codes(activation: str, output_activation: str, n_layers: int) -> list[int]:
     """Activation code of each layer l = 1..L (the last one is the output layer's)."""
     return [activations.CODES[activation]] * (n_layers - 1) + [activations.CODES[output_activation]]
+
+
+def loss_code(loss: str) -> int:
+    """The kernels' code of a loss name."""
+    return losses.CODES[loss]

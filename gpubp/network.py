@@ -22,10 +22,8 @@ import numpy as np
 
 from . import backends, modelfile, training
 from . import distributed as dist_mod
-from .kernels import activations as act_codes
-from .kernels import losses as loss_codes
 from .losses import codes as layer_codes
-from .losses import resolve
+from .losses import loss_code, resolve
 from .schedule import Execution, Schedule, Tuning, path_name
 
 log = logging.getLogger("gpubp")
@@ -210,7 +208,7 @@ class Network:
             backends.select(device),
             sizes,
             layer_codes(self.activation, self.output_activation, len(sizes) - 1),
-            loss_codes.CODES[self.loss],
+            loss_code(self.loss),
             flat.astype(self.dtype),
             path,
             tuning,
@@ -594,7 +592,7 @@ class Network:
             "weights_after": [w - lr * g for w, g in zip(W, nabla_w)],
             "biases_after": [bb - lr * g for bb, g in zip(b, nabla_b)],
             "lr": float(lr),
-            "activations": [act_codes.NAMES[c] for c in layer_codes(self.activation, self.output_activation, L)],
+            "activations": [self.activation] * (L - 1) + [self.output_activation],
             "loss": self.loss,
         }
 
