@@ -52,7 +52,7 @@ BLAS_ROWS = 32
 
 
 @jit
-def weighted_input(A_prev, W, b, Z):
+def weighted_input_2x4(A_prev, W, b, Z):
     """Z = A_prev W^T + b with loops blocked 2 rows x 4 outputs: eight sums share six loads."""
     m, n_in = A_prev.shape
     n_out = W.shape[0]
@@ -85,6 +85,64 @@ def weighted_input(A_prev, W, b, Z):
             Z[i, j] = s + b[j]
             if i + 1 < m:
                 Z[i + 1, j] = t + b[j]
+
+
+@jit
+def weighted_input(A_prev, W, b, Z):
+    """Z = A_prev W^T + b, blocked 5 rows x 4 outputs: twenty sums (vectors along k) share nine
+    loads, so each loaded value feeds 4-5 multiply-adds; the rows past the last block of five go
+    through the 2 x 4 loops."""
+    m, n_in = A_prev.shape
+    n_out = W.shape[0]
+    m5, n4 = m - m % 5, n_out - n_out % 4
+    zero = Z.dtype.type(0)
+    for i in range(0, m5, 5):
+        a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+        for j in range(0, n4, 4):
+            w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = zero
+            s30 = s31 = s32 = s33 = s40 = s41 = s42 = s43 = zero
+            for k in range(n_in):
+                x0, x1, x2, x3 = w0[k], w1[k], w2[k], w3[k]
+                s00 += a0[k] * x0
+                s01 += a0[k] * x1
+                s02 += a0[k] * x2
+                s03 += a0[k] * x3
+                s10 += a1[k] * x0
+                s11 += a1[k] * x1
+                s12 += a1[k] * x2
+                s13 += a1[k] * x3
+                s20 += a2[k] * x0
+                s21 += a2[k] * x1
+                s22 += a2[k] * x2
+                s23 += a2[k] * x3
+                s30 += a3[k] * x0
+                s31 += a3[k] * x1
+                s32 += a3[k] * x2
+                s33 += a3[k] * x3
+                s40 += a4[k] * x0
+                s41 += a4[k] * x1
+                s42 += a4[k] * x2
+                s43 += a4[k] * x3
+            b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s00 + b0, s01 + b1, s02 + b2, s03 + b3
+            Z[i + 1, j], Z[i + 1, j + 1], Z[i + 1, j + 2], Z[i + 1, j + 3] = s10 + b0, s11 + b1, s12 + b2, s13 + b3
+            Z[i + 2, j], Z[i + 2, j + 1], Z[i + 2, j + 2], Z[i + 2, j + 3] = s20 + b0, s21 + b1, s22 + b2, s23 + b3
+            Z[i + 3, j], Z[i + 3, j + 1], Z[i + 3, j + 2], Z[i + 3, j + 3] = s30 + b0, s31 + b1, s32 + b2, s33 + b3
+            Z[i + 4, j], Z[i + 4, j + 1], Z[i + 4, j + 2], Z[i + 4, j + 3] = s40 + b0, s41 + b1, s42 + b2, s43 + b3
+        for j in range(n4, n_out):
+            w = W[j]
+            t0 = t1 = t2 = t3 = t4 = zero
+            for k in range(n_in):
+                t0 += a0[k] * w[k]
+                t1 += a1[k] * w[k]
+                t2 += a2[k] * w[k]
+                t3 += a3[k] * w[k]
+                t4 += a4[k] * w[k]
+            c = b[j]
+            Z[i, j], Z[i + 1, j], Z[i + 2, j], Z[i + 3, j], Z[i + 4, j] = t0 + c, t1 + c, t2 + c, t3 + c, t4 + c
+    if m5 < m:
+        weighted_input_2x4(A_prev[m5:], W, b, Z[m5:])
 
 
 @jit
@@ -134,30 +192,13 @@ def hidden_error(Delta_next, W_next, Z, A, Delta, act):
 
 
 @jit
-def weight_gradient_row(Delta, A_prev, j, g):
-    """g = sum_x Delta[x, j] A_prev[x]: row j of Delta^T A_prev, four samples per pass over g."""
-    m = Delta.shape[0]
-    m4 = m - m % 4
-    g[:] = 0
-    for i in range(0, m4, 4):
-        d0, d1, d2, d3 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j]
-        a0, a1, a2, a3 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3]
-        for k in range(g.shape[0]):
-            g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k]
-    for i in range(m4, m):
-        d, a = Delta[i, j], A_prev[i]
-        for k in range(g.shape[0]):
-            g[k] += d * a[k]
-
-
-@jit
 def weight_gradient(Delta, A_prev, scale, nabla_w):
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (a sum of outer products)."""
     if Delta.shape[0] >= BLAS_ROWS:
         np.dot(Delta.T, A_prev, nabla_w)
     else:
-        for j in range(nabla_w.shape[0]):
-            weight_gradient_row(Delta, A_prev, j, nabla_w[j])
+        gradient_step(Delta, A_prev, nabla_w, nabla_w, 0.0, scale, False)
+        return
     nabla_w *= nabla_w.dtype.type(scale)
 
 
@@ -193,21 +234,120 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
 
 
 @jit
-def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay):
+def rows5_outputs4(Delta, A_prev, i, j, G, W, lrs, first, final):
+    """Five samples (rows i..i+4) into four outputs (j..j+3) per pass along k: 20 FMAs per 9 loads.
+
+    G[q] = (0 if first else G[q]) + sum_r Delta[i+r, j+q] A_prev[i+r]; with ``final`` instead
+    W[j+q] -= lrs * that (the plain SGD step; G is then left as it was)."""
+    a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+    g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
+    w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+    e0, e1, e2, e3, e4 = Delta[i], Delta[i + 1], Delta[i + 2], Delta[i + 3], Delta[i + 4]
+    p0, p1, p2, p3, p4 = e0[j], e1[j], e2[j], e3[j], e4[j]
+    q0, q1, q2, q3, q4 = e0[j + 1], e1[j + 1], e2[j + 1], e3[j + 1], e4[j + 1]
+    r0, r1, r2, r3, r4 = e0[j + 2], e1[j + 2], e2[j + 2], e3[j + 2], e4[j + 2]
+    s0, s1, s2, s3, s4 = e0[j + 3], e1[j + 3], e2[j + 3], e3[j + 3], e4[j + 3]
+    n = a0.shape[0]
+    if first and not final:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            g0[k] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+            g1[k] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+            g2[k] = r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4
+            g3[k] = s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4
+    elif not final:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            g0[k] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+            g1[k] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+            g2[k] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4
+            g3[k] += s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4
+    elif first:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            w0[k] -= lrs * (p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4)
+            w1[k] -= lrs * (q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4)
+            w2[k] -= lrs * (r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4)
+            w3[k] -= lrs * (s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4)
+    else:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            w0[k] -= lrs * (g0[k] + p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4)
+            w1[k] -= lrs * (g1[k] + q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4)
+            w2[k] -= lrs * (g2[k] + r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4)
+            w3[k] -= lrs * (g3[k] + s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4)
+
+
+@jit
+def row_outputs(Delta, A_prev, i, j, nj, G, first):
+    """One sample into outputs j..j+nj-1: G[q] (+)= Delta[i, j+q] A_prev[i]."""
+    a = A_prev[i]
+    for q in range(nj):
+        g, d = G[q], Delta[i, j + q]
+        if first:
+            for k in range(a.shape[0]):
+                g[k] = d * a[k]
+        else:
+            for k in range(a.shape[0]):
+                g[k] += d * a[k]
+
+
+@jit
+def gradient_step(Delta, A_prev, W, nabla_w, lr, scale, plain):
+    """BP4 for a small batch, blocked 5 samples x 4 outputs: nabla_w = scale Delta^T A_prev.
+
+    With ``plain``, the plain SGD step W -= lr nabla_w is taken in the same pass as the last
+    block of samples, and nabla_w is left holding partial sums (a scratch row per output)."""
+    m = Delta.shape[0]
+    n_out = W.shape[0]
+    m5 = m - m % 5
+    lrs = W.dtype.type(lr * scale)
+    s = W.dtype.type(scale)
+    for j in range(0, n_out, 4):
+        nj = min(4, n_out - j)
+        G = nabla_w[j : j + nj]
+        first = True
+        if nj == 4:
+            for i in range(0, m5, 5):
+                final = plain and i + 5 == m
+                rows5_outputs4(Delta, A_prev, i, j, G, W, lrs, first, final)
+                first = False
+            start = m5
+        else:
+            start = 0
+        if plain and start == m:
+            continue
+        for i in range(start, m):
+            row_outputs(Delta, A_prev, i, j, nj, G, first)
+            first = False
+        for q in range(nj):
+            g = G[q]
+            if plain:
+                w = W[j + q]
+                for k in range(g.shape[0]):
+                    w[k] -= lrs * g[k]
+            else:
+                for k in range(g.shape[0]):
+                    g[k] *= s
+
+
+@jit
+def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay, keep=True):
     """BP3, BP4 and the SGD step of one layer, fused: each row of nabla_w is used while in cache.
 
-    The same result as weight_gradient, bias_gradient and sgd_update in turn.
+    The same result as weight_gradient, bias_gradient and sgd_update in turn. With ``keep`` false
+    and plain SGD (momentum = decay = 0) nabla_w and vel_w are not written: the step is taken in
+    the gradient's last pass (for every batch of an epoch but the last).
     """
     if Delta.shape[0] >= BLAS_ROWS:
         weight_gradient(Delta, A_prev, scale, nabla_w)
         sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
+    elif momentum == 0 and decay == 0 and not keep:
+        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
     else:
-        s = nabla_w.dtype.type(scale)
+        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, False)
         for j in range(W.shape[0]):
-            g = nabla_w[j]
-            weight_gradient_row(Delta, A_prev, j, g)
-            g *= s
-            sgd_update(W[j], g, vel_w[j], lr, momentum, decay)
+            sgd_update(W[j], nabla_w[j], vel_w[j], lr, momentum, decay)
     bias_gradient(Delta, scale, nabla_b)
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
 
@@ -280,7 +420,7 @@ def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
 
 @jit
 def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, scale, lr, momentum, decay,
-         cost, update):  # fmt: skip
+         cost, update, keep=True):  # fmt: skip
     """One mini-batch of backpropagation on the batch in slot 0 of Abuf: the CPU's layer order.
 
     Forward down the layers, BP1, then from layer L down: BP2 (reading W^l before it changes),
@@ -300,7 +440,7 @@ def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf
         gW, gb = weights(nabla, layout, l)
         if update:  # BP4, BP3 and the update, fused
             vW, vb = weights(velocity, layout, l)
-            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay)
+            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay, keep)
         else:
             weight_gradient(delta, A_prev, scale, gW)  # BP4
             bias_gradient(delta, scale, gb)  # BP3
@@ -319,5 +459,6 @@ def train_batches(
         gather_rows(X, perm[s:e], slot(Abuf, units, 0, cap, m))
         Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
         gather_rows(Y, perm[s:e], Yb)
+        keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
         step(params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m,
-             lr, momentum, decay, cost, True)  # fmt: skip
+             lr, momentum, decay, cost, True, keep)  # fmt: skip
