@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import prefetch
 from .backends import Backend
 
 
@@ -151,6 +152,9 @@ class CpuEngine:
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         s = self.s
+        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):  # the gather of shuffled rows on a second core
+            prefetch.whole_epoch(s, X, Y, order, start, stop, batch_size, hyper)
+            return
         A, Z, D, Yb = s.buffers(batch_size)
         self.k.train_batches(X, Y, order, start, stop, batch_size, s.params, s.nabla, s.velocity, s.layout, s.units,
                              s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost)  # fmt: skip
