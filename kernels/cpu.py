@@ -415,10 +415,16 @@ def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, mo
     and plain SGD (momentum = decay = 0) nabla_w and vel_w are not written: the step is taken in
     the gradient's last pass (for every batch of an epoch but the last).
     """
-    if Delta.shape[0] >= BLAS_ROWS:
+    plain = momentum == 0 and decay == 0 and not keep
+    if Delta.shape[0] >= BLAS_ROWS and plain:  # one BLAS call, then W -= (lr scale) sum in one pass
+        np.dot(Delta.T, A_prev, nabla_w)
+        w, g, lrs = W.ravel(), nabla_w.ravel(), W.dtype.type(lr * scale)
+        for k in range(w.shape[0]):
+            w[k] -= lrs * g[k]
+    elif Delta.shape[0] >= BLAS_ROWS:
         weight_gradient(Delta, A_prev, scale, nabla_w)
         sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
-    elif momentum == 0 and decay == 0 and not keep:
+    elif plain:
         gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
     else:
         gradient_step(Delta, A_prev, W, nabla_w, lr, scale, False)

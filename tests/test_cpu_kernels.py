@@ -105,7 +105,8 @@ def test_counts_and_gather(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [3, 5, 10, 12])  # blocks of 5 samples: none, one, two, two and leftovers; 10: one pass
+# blocks of 5 samples: none, one, two, two and leftovers; 10: one pass; 40: BLAS
+@pytest.mark.parametrize("m", [3, 5, 10, 12, 40])
 @pytest.mark.parametrize("n_out", [3, 4, 9])  # blocks of 4 outputs: none, one, two and a leftover
 def test_sgd_layer_plain_step_without_keeping_nabla(rng, dtype, m, n_out):
     """keep=False, momentum = decay = 0: W and b take the plain step W -= lr nabla_w in the
