@@ -44,7 +44,8 @@ def whole_epoch(s: Any, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: 
     chunk = max(1, CHUNK_ROWS // batch_size) * batch_size
     bufs = getattr(s, "_prefetch_buffers", None)
     if bufs is None or bufs[0][0].shape[0] != chunk or bufs[0][0].dtype != X.dtype:
-        bufs = [(np.empty((chunk, X.shape[1]), X.dtype), np.empty((chunk, Y.shape[1]), Y.dtype)) for _ in range(2)]
+        e = s.backend.empty  # aligned to a cache line
+        bufs = [(e((chunk, X.shape[1]), X.dtype), e((chunk, Y.shape[1]), Y.dtype)) for _ in range(2)]
         s._prefetch_buffers = bufs
     identity = np.arange(chunk, dtype=np.int64)
     A, Z, D, Yb = s.buffers(batch_size)

@@ -152,7 +152,8 @@ class CpuEngine:
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         s = self.s
-        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):  # the gather of shuffled rows on a second core
+        # small batches train on one core: the gather of the shuffled rows goes to a second one
+        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):
             prefetch.whole_epoch(s, X, Y, order, start, stop, batch_size, hyper)
             return
         A, Z, D, Yb = s.buffers(batch_size)
@@ -231,7 +232,8 @@ class Schedule:
         self._units = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.acts = backend.to_device(np.asarray(acts, dtype=np.int64))
 
-        self.params = backend.to_device(params)
+        self.params = backend.empty(params.shape, self.dtype)  # on the CPU: aligned to a cache line
+        backend.copy(params, self.params)
         self.nabla = backend.zeros(params.shape, self.dtype)
         self.velocity = backend.zeros(params.shape, self.dtype)
         self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits

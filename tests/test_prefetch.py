@@ -42,3 +42,21 @@ def test_not_for_one_core_one_chunk_or_blas_batches(monkeypatch):
     assert not prefetch.worth_it(60_000, 128, 32)  # BLAS already uses every core
     monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 1)
     assert not prefetch.worth_it(60_000, 10, 32)
+
+
+def test_cpu_buffers_start_on_a_cache_line():
+    """The CPU backend's arrays (parameters, gradients, work buffers) are 64-byte aligned and hold
+    what they should: the kernels' vector loads would otherwise split across cache lines."""
+    from gpubp.backends import CpuBackend, aligned_empty
+
+    for shape, dtype in [((3, 5), np.float32), (7, np.float64), ((2, 3, 4), np.int64), (0, np.float32)]:
+        a = aligned_empty(shape, dtype)
+        assert (a.size == 0 or a.ctypes.data % 64 == 0) and a.shape == np.empty(shape).shape and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable
+    z = CpuBackend().zeros((4, 9), np.float32)
+    assert z.ctypes.data % 64 == 0 and not z.any()
+    net = gpubp.Network([7, 5, 3], dtype="float32", device="cpu", seed=2)
+    s = net._schedule
+    assert all(a.ctypes.data % 64 == 0 for a in (s.params, s.nabla, s.velocity, *s.buffers(10)))
+    expected = np.concatenate([w.ravel() for w in net.weights] + [b.ravel() for b in net.biases])
+    np.testing.assert_array_equal(s.params, expected)
