@@ -136,6 +136,8 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict:
 
 def header_lines(record: dict) -> list[str]:
     """Markdown lines for a result's header: the BLAS environment, the thread pools and the peak."""
+    if "threadpools" not in record:  # a result from before this harness
+        return ["BLAS environment: not recorded (taken before the fair harness of issue 13)"]
     lines = []
     removed = record.get("blas_env_removed")
     kept = record.get("blas_env_kept")
