@@ -7,10 +7,12 @@ benchmarks/results/<machine>_<date>_<set>.{md,json,png}.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
-from . import end_to_end, kernels_bench, report
+from . import end_to_end, fair, kernels_bench, report
 from .common import (
     RESULTS,
     cpu_snapshot,
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time gpubp-cuda with each path forced (layers, graph, cublas, cublas-graph, fused v1, v2) "
         "beside 'auto'",
     )
+    ap.add_argument(
+        "--keep-blas-env",
+        action="store_true",
+        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE if set (by default the run re-executes without them)",
+    )
+    ap.add_argument("--no-peak", action="store_true", help="skip the float32 matmul peak measurement")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = ap.parse_args(argv)
 
@@ -84,11 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         "startup": [],
         "kernels": [],
         "notes": [],
+        "blas_env_removed": fair.removed_overrides(),
+        "blas_env_kept": ", ".join(f"{k}={os.environ[k]}" for k in fair.BLAS_OVERRIDES if k in os.environ) or None,
+        "threadpools": fair.threadpools(),
+        "torch": fair.torch_info(),
     }
+    if not args.no_peak:
+        record["peak"] = fair.matmul_peak()
     print(
         f"# gpubp benchmarks, set {args.which}, devices {devices}, on {info['cpu']} "
         f"({info['cpu_threads']} threads), GPU: {info['gpu'] or 'none'}"
     )
+    print("\n".join(fair.header_lines(record)))
 
     if args.only in (None, "e2e"):
         ok, why = end_to_end.peers_gpubp.available()
@@ -139,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             why = "--device cpu" if args.device == "cpu" else "no CUDA GPU here"
             record["notes"].append(f"CUDA kernels and the CuPy peer skipped: {why}")
 
+    if not args.no_peak:  # measured again at the end; the run's peak is the best of the two
+        again = fair.matmul_peak()
+        for key in ("one_core_gflops", "all_cores_gflops"):
+            if again.get(key):
+                record["peak"][key] = max(record["peak"].get(key) or 0, again[key])
     record["versions"]["numba_threading_layer"] = numba_threading_layer()
     record["notes"] = list(dict.fromkeys(record["notes"]))  # drop repeats, keep order
     record["wall_s"] = time.perf_counter() - t_start
@@ -151,4 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if "--keep-blas-env" not in sys.argv[1:]:  # a fair run: every BLAS picks its own kernels
+        fair.reexec_without_blas_overrides(sys.argv[1:])  # (only as a program: tests never re-execute)
     raise SystemExit(main())

@@ -6,11 +6,23 @@ import json
 import math
 from pathlib import Path
 
-# The issue's targets: (config, gpubp device, peer, least speedup = peer time / gpubp time).
+from . import fair
+
+# The issues' targets: (config, gpubp device, peer, least speedup = peer time / gpubp time).
+# Issue 13, on the CPU: 3x numpy and 15x torch at the textbook run, 1.2x numpy at 784-100-10 b128,
+# and never slower than numpy or torch anywhere.
+_ALL = [
+    "textbook 784-30-10 b10",
+    "784-100-10 b10",
+    "784-100-10 b128",
+    "784-1024-1024-10 relu/softmax b1024",
+]
 TARGETS = [
     ("textbook 784-30-10 b10", "gpubp-cpu", "numpy", 3.0),
     ("textbook 784-30-10 b10", "gpubp-cpu", "torch-cpu", 15.0),
-    ("784-100-10 b128", "gpubp-cpu", "numpy", 1.5),
+    ("784-100-10 b128", "gpubp-cpu", "numpy", 1.2),
+    *[(c, "gpubp-cpu", peer, 1.0) for c in _ALL[1:] if c != "784-100-10 b128" for peer in ("numpy", "torch-cpu")],
+    ("784-100-10 b128", "gpubp-cpu", "torch-cpu", 1.0),
     # issue 5: on the GPU, faster than torch eager everywhere and 20x on the textbook run
     ("textbook 784-30-10 b10", "gpubp-cuda", "torch-cuda", 20.0),
     ("784-100-10 b10", "gpubp-cuda", "torch-cuda", 1.0),
@@ -80,6 +92,31 @@ def e2e_markdown(e2e: list[dict]) -> list[str]:
     if overhead:
         out += ["", "### gpubp: epoch wall time of fit(epochs=1) vs the epoch as timed inside fit", ""]
         out += _table(["config", "gpubp", "fit(epochs=1) s", "in-fit epoch s", "per-call overhead s"], overhead)
+    return out
+
+
+def gflops_markdown(e2e: list[dict], peak: dict | None) -> list[str]:
+    """Achieved GFLOP/s (all of an epoch's FLOPs: forward, BP2, BP4 and the update, over the median
+    epoch) and that as a fraction of the machine's float32 matmul peak on one core / on all cores."""
+    peers = []
+    for r in e2e:
+        peers += [p for p in r["peers"] if p not in peers]
+    one = (peak or {}).get("one_core_gflops")
+    every = (peak or {}).get("all_cores_gflops")
+    out = ["### Achieved GFLOP/s (epoch FLOPs / median epoch) and % of the float32 matmul peak (1 core / all)", ""]
+    rows = []
+    for r in e2e:
+        cells = []
+        for p in peers:
+            t = r["peers"].get(p, {}).get("median_s")
+            if not t:
+                cells.append("–")
+                continue
+            g = r["flops"]["total"] / t / 1e9
+            share = f" ({100 * g / one:.0f}% / {100 * g / every:.0f}%)" if one and every else ""
+            cells.append(f"{g:.1f}{share}")
+        rows.append([r["config"]["name"], f"{r['flops']['total'] / 1e9:.1f}"] + cells)
+    out += _table(["config", "GFLOP per epoch"] + peers, rows)
     return out
 
 
@@ -193,6 +230,8 @@ def markdown(record: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpu_threads']} threads" + (f"; GPU {m['gpu']}" if m["gpu"] else "; no GPU"),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        "",
+        *fair.header_lines(record),
     ]
     if record.get("data"):
         lines.append(f"Data: {record['data']}")
@@ -200,6 +239,7 @@ def markdown(record: dict) -> str:
     if record.get("e2e"):
         lines += targets_markdown(record["e2e"], record.get("startup", [])) + [""]
         lines += e2e_markdown(record["e2e"]) + [""]
+        lines += gflops_markdown(record["e2e"], record.get("peak")) + [""]
     lines += startup_markdown(record.get("startup", [])) + [""]
     lines += kernels_markdown(record.get("kernels", [])) + [""]
     if record.get("notes"):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import prefetch
 from .backends import Backend
 
 
@@ -162,6 +163,13 @@ class CpuEngine(Engine):
         self.k.step(s.params, s.nabla, s.velocity, s.layout, s.units, s.acts, s.loss, v.Y, A, Z, D, cap, m, scale,
                     0.0, 0.0, 0.0, s.cost, False)  # fmt: skip
 
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        # small batches train on one core: the gather of the shuffled rows goes to a second one
+        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):
+            prefetch.whole_epoch(self.s, X, Y, order, start, stop, batch_size, hyper)
+            return
+        super().whole_epoch(X, Y, order, start, stop, batch_size, hyper)
+
 
 class CudaEngine(Engine):
     """CUDA's order of backpropagation, one kernel launch per operation and layer."""
@@ -226,7 +234,8 @@ class Schedule:
         self.layout, self.units = backend.to_device(self.host_layout), backend.to_device(self.host_units)
         self.acts = backend.to_device(np.asarray(acts, dtype=np.int64))
 
-        self.params = backend.to_device(params)
+        self.params = backend.empty(params.shape, self.dtype)  # on the CPU: aligned to a cache line
+        backend.copy(params, self.params)
         self.nabla = backend.zeros(params.shape, self.dtype)
         self.velocity = backend.zeros(params.shape, self.dtype)
         self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits

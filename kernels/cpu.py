@@ -7,12 +7,14 @@ still propagate and divergence stays detectable).
 """
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
-from .activations import SOFTMAX
+from .activations import SIGMOID, SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
 
@@ -52,7 +54,7 @@ BLAS_ROWS = 32
 
 
 @jit
-def weighted_input(A_prev, W, b, Z):
+def weighted_input_2x4(A_prev, W, b, Z):
     """Z = A_prev W^T + b with loops blocked 2 rows x 4 outputs: eight sums share six loads."""
     m, n_in = A_prev.shape
     n_out = W.shape[0]
@@ -88,6 +90,108 @@ def weighted_input(A_prev, W, b, Z):
 
 
 @jit
+def weighted_input(A_prev, W, b, Z):
+    """Z = A_prev W^T + b, blocked 5 rows x 4 outputs: twenty sums (vectors along k) share nine
+    loads, so each loaded value feeds 4-5 multiply-adds; the rows past the last block of five go
+    through the 2 x 4 loops."""
+    m, n_in = A_prev.shape
+    n_out = W.shape[0]
+    m5, n4 = m - m % 5, n_out - n_out % 4
+    zero = Z.dtype.type(0)
+    for i in range(0, m5, 5):
+        a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+        for j in range(0, n4, 4):
+            w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = zero
+            s30 = s31 = s32 = s33 = s40 = s41 = s42 = s43 = zero
+            for k in range(n_in):
+                x0, x1, x2, x3 = w0[k], w1[k], w2[k], w3[k]
+                s00 += a0[k] * x0
+                s01 += a0[k] * x1
+                s02 += a0[k] * x2
+                s03 += a0[k] * x3
+                s10 += a1[k] * x0
+                s11 += a1[k] * x1
+                s12 += a1[k] * x2
+                s13 += a1[k] * x3
+                s20 += a2[k] * x0
+                s21 += a2[k] * x1
+                s22 += a2[k] * x2
+                s23 += a2[k] * x3
+                s30 += a3[k] * x0
+                s31 += a3[k] * x1
+                s32 += a3[k] * x2
+                s33 += a3[k] * x3
+                s40 += a4[k] * x0
+                s41 += a4[k] * x1
+                s42 += a4[k] * x2
+                s43 += a4[k] * x3
+            b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s00 + b0, s01 + b1, s02 + b2, s03 + b3
+            Z[i + 1, j], Z[i + 1, j + 1], Z[i + 1, j + 2], Z[i + 1, j + 3] = s10 + b0, s11 + b1, s12 + b2, s13 + b3
+            Z[i + 2, j], Z[i + 2, j + 1], Z[i + 2, j + 2], Z[i + 2, j + 3] = s20 + b0, s21 + b1, s22 + b2, s23 + b3
+            Z[i + 3, j], Z[i + 3, j + 1], Z[i + 3, j + 2], Z[i + 3, j + 3] = s30 + b0, s31 + b1, s32 + b2, s33 + b3
+            Z[i + 4, j], Z[i + 4, j + 1], Z[i + 4, j + 2], Z[i + 4, j + 3] = s40 + b0, s41 + b1, s42 + b2, s43 + b3
+        for j in range(n4, n_out):
+            w = W[j]
+            t0 = t1 = t2 = t3 = t4 = zero
+            for k in range(n_in):
+                t0 += a0[k] * w[k]
+                t1 += a1[k] * w[k]
+                t2 += a2[k] * w[k]
+                t3 += a3[k] * w[k]
+                t4 += a4[k] * w[k]
+            c = b[j]
+            Z[i, j], Z[i + 1, j], Z[i + 2, j], Z[i + 3, j], Z[i + 4, j] = t0 + c, t1 + c, t2 + c, t3 + c, t4 + c
+    if m5 < m:
+        weighted_input_2x4(A_prev[m5:], W, b, Z[m5:])
+
+
+def sigmoid_row(z, a, bits):
+    """a = 1 / (1 + e^-z) along one row; ``bits`` is an int32 scratch row at least as long."""
+    raise NotImplementedError  # compiled through the overload below, per dtype
+
+
+def _sigmoid_row_f32(z, a, bits):
+    """float32: e^x as 2^k e^r with k = round(x / ln 2), |r| <= ln(2)/2, e^r by Cephes' expf
+    polynomial (within ~1e-7 relative), 2^k made from its bits. Unlike math.exp, these loops
+    vectorise: a row of 30 sigmoids costs ~4x less. z < -88 gives 0 (as 1 / (1 + inf) would) and NaN stays NaN."""
+    f32 = np.float32
+    scale = bits.view(np.float32)
+    for j in range(z.shape[0]):
+        x = -z[j]
+        x = x if x < f32(88.0) else f32(88.0)  # NaN becomes 88 here and is put back below
+        x = x if x > f32(-88.0) else f32(-88.0)
+        k = math.floor(x * f32(1.44269504) + f32(0.5))
+        r = x - k * f32(0.693359375) + k * f32(2.12194440e-4)
+        p = f32(1.9875691500e-4)
+        p = p * r + f32(1.3981999507e-3)
+        p = p * r + f32(8.3334519073e-3)
+        p = p * r + f32(4.1665795894e-2)
+        p = p * r + f32(1.6666665459e-1)
+        p = p * r + f32(5.0000001201e-1)
+        a[j] = p * r * r + r + f32(1)  # e^r
+        bits[j] = (np.int32(k) + np.int32(127)) << np.int32(23)  # the float 2^k
+    for j in range(z.shape[0]):
+        s = f32(1) / (f32(1) + a[j] * scale[j])
+        s = s if z[j] > f32(-88.0) else f32(0)
+        a[j] = s if z[j] == z[j] else z[j]
+
+
+@overload(sigmoid_row, jit_options={"fastmath": FASTMATH})
+def _sigmoid_row(z, a, bits):
+    if z.dtype == types.float32:
+        return _sigmoid_row_f32
+
+    def exact(z, a, bits):  # float64: math.exp, as the other activations
+        one = z.dtype.type(1)
+        for j in range(z.shape[0]):
+            a[j] = f(z[j], SIGMOID, one)
+
+    return exact
+
+
+@jit
 def forward(A_prev, W, b, Z, A, act):
     """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z)."""
     if A_prev.shape[0] >= BLAS_ROWS:
@@ -96,10 +200,13 @@ def forward(A_prev, W, b, Z, A, act):
     else:
         weighted_input(A_prev, W, b, Z)
     one = Z.dtype.type(1)
-    for i in range(Z.shape[0]):
-        if act == SOFTMAX:
+    if act == SOFTMAX:
+        for i in range(Z.shape[0]):
             softmax_row(Z[i], A[i])
-        else:
+    elif act == SIGMOID:  # over all m x n at once (Z and A are contiguous): rows are too short to vectorise
+        sigmoid_row(Z.reshape(Z.size), A.reshape(A.size), np.empty(Z.size, np.int32))
+    else:
+        for i in range(Z.shape[0]):
             for j in range(Z.shape[1]):
                 A[i, j] = f(Z[i, j], act, one)
 
@@ -134,30 +241,13 @@ def hidden_error(Delta_next, W_next, Z, A, Delta, act):
 
 
 @jit
-def weight_gradient_row(Delta, A_prev, j, g):
-    """g = sum_x Delta[x, j] A_prev[x]: row j of Delta^T A_prev, four samples per pass over g."""
-    m = Delta.shape[0]
-    m4 = m - m % 4
-    g[:] = 0
-    for i in range(0, m4, 4):
-        d0, d1, d2, d3 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j]
-        a0, a1, a2, a3 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3]
-        for k in range(g.shape[0]):
-            g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k]
-    for i in range(m4, m):
-        d, a = Delta[i, j], A_prev[i]
-        for k in range(g.shape[0]):
-            g[k] += d * a[k]
-
-
-@jit
 def weight_gradient(Delta, A_prev, scale, nabla_w):
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (a sum of outer products)."""
     if Delta.shape[0] >= BLAS_ROWS:
         np.dot(Delta.T, A_prev, nabla_w)
     else:
-        for j in range(nabla_w.shape[0]):
-            weight_gradient_row(Delta, A_prev, j, nabla_w[j])
+        gradient_step(Delta, A_prev, nabla_w, nabla_w, 0.0, scale, False)
+        return
     nabla_w *= nabla_w.dtype.type(scale)
 
 
@@ -193,21 +283,153 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
 
 
 @jit
-def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay):
+def rows5_outputs4(Delta, A_prev, i, j, G, W, lrs, first, final):
+    """Five samples (rows i..i+4) into four outputs (j..j+3) per pass along k: 20 FMAs per 9 loads.
+
+    G[q] = (0 if first else G[q]) + sum_r Delta[i+r, j+q] A_prev[i+r]; with ``final`` instead
+    W[j+q] -= lrs * that (the plain SGD step; G is then left as it was)."""
+    a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+    g0, g1, g2, g3 = G[0], G[1], G[2], G[3]
+    w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+    e0, e1, e2, e3, e4 = Delta[i], Delta[i + 1], Delta[i + 2], Delta[i + 3], Delta[i + 4]
+    p0, p1, p2, p3, p4 = e0[j], e1[j], e2[j], e3[j], e4[j]
+    q0, q1, q2, q3, q4 = e0[j + 1], e1[j + 1], e2[j + 1], e3[j + 1], e4[j + 1]
+    r0, r1, r2, r3, r4 = e0[j + 2], e1[j + 2], e2[j + 2], e3[j + 2], e4[j + 2]
+    s0, s1, s2, s3, s4 = e0[j + 3], e1[j + 3], e2[j + 3], e3[j + 3], e4[j + 3]
+    n = a0.shape[0]
+    if first:  # (never with final: gradient_step takes that step in a separate pass)
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            g0[k] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+            g1[k] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+            g2[k] = r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4
+            g3[k] = s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4
+    elif not final:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            g0[k] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+            g1[k] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+            g2[k] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4
+            g3[k] += s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4
+    else:
+        for k in range(n):
+            x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
+            w0[k] -= lrs * (g0[k] + p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4)
+            w1[k] -= lrs * (g1[k] + q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4)
+            w2[k] -= lrs * (g2[k] + r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3 + r4 * x4)
+            w3[k] -= lrs * (g3[k] + s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3 + s4 * x4)
+
+
+@jit
+def rows5_output1(Delta, A_prev, i, j, g, first):
+    """Five samples into one output: g = (0 if first else g) + sum_r Delta[i+r, j] A_prev[i+r]."""
+    a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+    d0, d1, d2, d3, d4 = Delta[i, j], Delta[i + 1, j], Delta[i + 2, j], Delta[i + 3, j], Delta[i + 4, j]
+    if first:
+        for k in range(g.shape[0]):
+            g[k] = d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k] + d4 * a4[k]
+    else:
+        for k in range(g.shape[0]):
+            g[k] += d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k] + d4 * a4[k]
+
+
+@jit
+def row_outputs(Delta, A_prev, i, j, nj, G, first):
+    """One sample into outputs j..j+nj-1: G[q] = (0 if first else G[q]) + Delta[i, j+q] A_prev[i]."""
+    a = A_prev[i]
+    for q in range(nj):
+        g, d = G[q], Delta[i, j + q]
+        if first:
+            for k in range(a.shape[0]):
+                g[k] = d * a[k]
+        else:
+            for k in range(a.shape[0]):
+                g[k] += d * a[k]
+
+
+@jit
+def step_rows10(Delta, A_prev, W, lrs):
+    """The plain SGD step W -= lrs Delta^T A_prev for a batch of exactly 10 rows (``fit``'s default),
+    one output at a time over all ten samples in one pass: ten multiply-adds per loaded W value,
+    no gradient row written. Measured faster than the 5 x 4 blocks, whose scratch rows cost more
+    in stores than their shared loads save."""
+    a0, a1, a2, a3, a4 = A_prev[0], A_prev[1], A_prev[2], A_prev[3], A_prev[4]
+    a5, a6, a7, a8, a9 = A_prev[5], A_prev[6], A_prev[7], A_prev[8], A_prev[9]
+    for j in range(W.shape[0]):
+        w = W[j]
+        d0, d1, d2, d3, d4 = Delta[0, j], Delta[1, j], Delta[2, j], Delta[3, j], Delta[4, j]
+        d5, d6, d7, d8, d9 = Delta[5, j], Delta[6, j], Delta[7, j], Delta[8, j], Delta[9, j]
+        for k in range(w.shape[0]):
+            g = d0 * a0[k] + d1 * a1[k] + d2 * a2[k] + d3 * a3[k] + d4 * a4[k]
+            g += d5 * a5[k] + d6 * a6[k] + d7 * a7[k] + d8 * a8[k] + d9 * a9[k]
+            w[k] -= lrs * g
+
+
+@jit
+def gradient_step(Delta, A_prev, W, nabla_w, lr, scale, plain):
+    """BP4 for a small batch, blocked 5 samples x 4 outputs: nabla_w = scale Delta^T A_prev.
+
+    With ``plain``, the plain SGD step W -= lr nabla_w is taken instead, in the same pass as the
+    last block of samples where it can; nabla_w then holds partial sums (a scratch row per output)."""
+    m = Delta.shape[0]
+    n_out = W.shape[0]
+    m5 = m - m % 5
+    lrs = W.dtype.type(lr * scale)
+    s = W.dtype.type(scale)
+    if plain and m == 10:
+        step_rows10(Delta, A_prev, W, lrs)
+        return
+    for j in range(0, n_out, 4):
+        nj = min(4, n_out - j)
+        G = nabla_w[j : j + nj]
+        first, final = True, False
+        for i in range(0, m5, 5):
+            if nj == 4:
+                final = plain and not first and i + 5 == m  # the step taken in this pass
+                rows5_outputs4(Delta, A_prev, i, j, G, W, lrs, first, final)
+            else:
+                for q in range(nj):
+                    rows5_output1(Delta, A_prev, i, j + q, G[q], first)
+            first = False
+        if final:
+            continue
+        for i in range(m5, m):
+            row_outputs(Delta, A_prev, i, j, nj, G, first)
+            first = False
+        for q in range(nj):
+            g = G[q]
+            if plain:
+                w = W[j + q]
+                for k in range(g.shape[0]):
+                    w[k] -= lrs * g[k]
+            else:
+                for k in range(g.shape[0]):
+                    g[k] *= s
+
+
+@jit
+def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay, keep=True):
     """BP3, BP4 and the SGD step of one layer, fused: each row of nabla_w is used while in cache.
 
-    The same result as weight_gradient, bias_gradient and sgd_update in turn.
+    The same result as weight_gradient, bias_gradient and sgd_update in turn. With ``keep`` false
+    and plain SGD (momentum = decay = 0) nabla_w and vel_w are not written: the step is taken in
+    the gradient's last pass (for every batch of an epoch but the last).
     """
-    if Delta.shape[0] >= BLAS_ROWS:
+    plain = momentum == 0 and decay == 0 and not keep
+    if Delta.shape[0] >= BLAS_ROWS and plain:  # one BLAS call, then W -= (lr scale) sum in one pass
+        np.dot(Delta.T, A_prev, nabla_w)
+        w, g, lrs = W.ravel(), nabla_w.ravel(), W.dtype.type(lr * scale)
+        for k in range(w.shape[0]):
+            w[k] -= lrs * g[k]
+    elif Delta.shape[0] >= BLAS_ROWS:
         weight_gradient(Delta, A_prev, scale, nabla_w)
         sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
+    elif plain:
+        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
     else:
-        s = nabla_w.dtype.type(scale)
+        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, False)
         for j in range(W.shape[0]):
-            g = nabla_w[j]
-            weight_gradient_row(Delta, A_prev, j, g)
-            g *= s
-            sgd_update(W[j], g, vel_w[j], lr, momentum, decay)
+            sgd_update(W[j], nabla_w[j], vel_w[j], lr, momentum, decay)
     bias_gradient(Delta, scale, nabla_b)
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
 
@@ -259,8 +481,10 @@ def count_correct(A, Y, correct):
 @jit
 def gather_rows(src, idx, dst):
     """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
-    for i in range(idx.shape[0]):
-        dst[i, :] = src[idx[i]]
+    for i in range(idx.shape[0]):  # an explicit loop: measured 3.5x faster than dst[i, :] = src[idx[i]]
+        row, out = src[idx[i]], dst[i]
+        for k in range(row.shape[0]):
+            out[k] = row[k]
 
 
 @jit
@@ -280,7 +504,7 @@ def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
 
 @jit
 def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, scale, lr, momentum, decay,
-         cost, update):  # fmt: skip
+         cost, update, keep=True):  # fmt: skip
     """One mini-batch of backpropagation on the batch in slot 0 of Abuf: the CPU's layer order.
 
     Forward down the layers, BP1, then from layer L down: BP2 (reading W^l before it changes),
@@ -300,7 +524,7 @@ def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf
         gW, gb = weights(nabla, layout, l)
         if update:  # BP4, BP3 and the update, fused
             vW, vb = weights(velocity, layout, l)
-            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay)
+            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay, keep)
         else:
             weight_gradient(delta, A_prev, scale, gW)  # BP4
             bias_gradient(delta, scale, gb)  # BP3
@@ -319,5 +543,6 @@ def train_batches(
         gather_rows(X, perm[s:e], slot(Abuf, units, 0, cap, m))
         Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
         gather_rows(Y, perm[s:e], Yb)
+        keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
         step(params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m,
-             lr, momentum, decay, cost, True)  # fmt: skip
+             lr, momentum, decay, cost, True, keep)  # fmt: skip

@@ -6,8 +6,10 @@ import reference as ref
 
 from gpubp.kernels import activations, cpu, losses
 
-# (m, n_in, n_out); from cpu.BLAS_ROWS rows up the products call BLAS: (40, 17, 5) takes that branch
-SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33), (40, 17, 5)]
+# (m, n_in, n_out); from cpu.BLAS_ROWS rows up the products call BLAS: (40, 17, 5) takes that branch.
+# Below it the products are blocked 5 samples x 4 outputs: (12, 19, 9) has two such blocks of
+# samples, two of outputs, and leftovers of each (2 samples, 1 output).
+SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 3), (4, 2, 33), (12, 19, 9), (40, 17, 5)]
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
@@ -103,10 +105,33 @@ def test_counts_and_gather(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [3, 5, 40])  # 5: a sample past the blocks of four; 40: the BLAS branch
+# blocks of 5 samples: none, one, two, two and leftovers; 10: one pass; 40: BLAS
+@pytest.mark.parametrize("m", [3, 5, 10, 12, 40])
+@pytest.mark.parametrize("n_out", [3, 4, 9])  # blocks of 4 outputs: none, one, two and a leftover
+def test_sgd_layer_plain_step_without_keeping_nabla(rng, dtype, m, n_out):
+    """keep=False, momentum = decay = 0: W and b take the plain step W -= lr nabla_w in the
+    gradient's last pass; nabla_w and vel_w are scratch then, but b's nabla and velocity are kept."""
+    n_in = 21
+    delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
+    W, b = rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
+    Wd, bd = W.astype(dtype), b.astype(dtype)
+    gW, gb, vW, vb = (
+        np.zeros((n_out, n_in), dtype),
+        np.zeros(n_out, dtype),
+        np.zeros((n_out, n_in), dtype),
+        np.zeros(n_out, dtype),
+    )
+    lr, scale = 0.7, 1 / m
+    cpu.sgd_layer(delta.astype(dtype), A_prev.astype(dtype), Wd, bd, gW, gb, vW, vb, lr, scale, 0.0, 0.0, False)
+    close(Wd, W - lr * scale * delta.T @ A_prev, dtype)
+    close(bd, b - lr * scale * delta.sum(axis=0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [3, 5, 12, 40])  # 5, 12: blocks of five samples (12: and leftovers); 40: BLAS
 def test_sgd_layer_is_bp3_bp4_and_the_update_fused(rng, dtype, m):
     assert (m >= cpu.BLAS_ROWS) == (m == 40)
-    n_out, n_in = 6, 9
+    n_out, n_in = 6, 9  # one block of four outputs and two left over
     delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
     W, b, vW, vb = (rng.standard_normal(s) for s in ((n_out, n_in), n_out, (n_out, n_in), n_out))
     Wd, bd, vWd, vbd = (x.astype(dtype) for x in (W, b, vW, vb))
