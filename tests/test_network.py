@@ -48,9 +48,9 @@ def test_fit_is_minibatch_sgd(rng):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
-def train_params(device, path="auto", dtype="float64", tuning=None, **fit):
+def train_params(device, path="auto", dtype="float64", tuning=None, rows=23, epochs=3, **fit):
     rng = np.random.default_rng(0)
-    X, labels = rng.standard_normal((23, 6)), rng.integers(0, 3, 23)
+    X, labels = rng.standard_normal((rows, 6)), rng.integers(0, 3, rows)
     net = gpubp.Network(
         [6, 5, 3],
         activation="relu",
@@ -62,7 +62,7 @@ def train_params(device, path="auto", dtype="float64", tuning=None, **fit):
         path=path,
         tuning=tuning,
     )
-    history = net.fit(X, labels, epochs=3, batch_size=5, lr=0.3, **fit)
+    history = net.fit(X, labels, epochs=epochs, batch_size=5, lr=0.3, **fit)
     return net.weights + net.biases, history
 
 
@@ -86,8 +86,9 @@ def test_layers_path_equals_epoch_path():
 def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_shared, monkeypatch):
     """Every way an epoch runs on CUDA trains as the CPU does. A shared buffer of 33 elements stages
     each fused product in chunks of 2-3 columns, with a padded row and a short last chunk; "epoch-v1"
-    runs the fused kernel's reference version from benchmarks/variants in its place. 23 rows in
-    batches of 5: one replay of 3 batches, one of the 4th, then a short batch."""
+    runs the fused kernel's reference version from benchmarks/variants in its place. 17 rows in
+    batches of 5, two epochs (the simulator runs a Python thread per CUDA thread): one replay of 2
+    batches, one of the 3rd, then a short batch."""
     from numba import config
 
     from gpubp.kernels import cuda as kc
@@ -104,9 +105,10 @@ def test_cuda_paths_agree_with_cpu(dtype, tol, path, fused_shared, monkeypatch):
             pytest.skip(str(e))
     # in the simulator one Python thread per CUDA thread: fewer, and not a multiple of a warp
     threads = 37 if config.ENABLE_CUDASIM else 512
-    tuning = gpubp.Tuning(graph_batches=3, fused_shared=fused_shared, fused_threads=threads)
-    a, ha = train_params("cpu", dtype=dtype, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
-    b, hb = train_params("cuda", path, dtype=dtype, tuning=tuning, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
+    tuning = gpubp.Tuning(graph_batches=2, fused_shared=fused_shared, fused_threads=threads)
+    fit = dict(rows=17, epochs=2, momentum=0.5, weight_decay=0.01, lr_decay=0.5)
+    a, ha = train_params("cpu", dtype=dtype, **fit)
+    b, hb = train_params("cuda", path, dtype=dtype, tuning=tuning, **fit)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=tol)
