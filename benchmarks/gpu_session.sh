@@ -33,9 +33,9 @@ EOF
 
 case "${1:-}" in
 tests)
-    # Everything but the two CPU Fashion-MNIST claims, for real on the GPU (conftest turns the
+    # Everything but the CPU-only slow tests (Fashion-MNIST claims), for real on the GPU (conftest turns the
     # simulator off when libcuda sees a GPU), then the textbook run through the CLI on CUDA.
-    timeout 420 python3 -m pytest -q -n 8 -p no:cacheprovider -m "not slow" -rs 2>&1 | tee "$OUT/pytest.log"
+    timeout 420 python3 -m pytest -q -n 8 -p no:cacheprovider -m "not slow or cuda" -rs 2>&1 | tee "$OUT/pytest.log"
     timeout 120 python3 -m gpubp train --device cuda --epochs 10 --no-progress --json \
         >"$OUT/textbook-cuda.json" 2>"$OUT/textbook-cuda.log"
     tail -5 "$OUT/textbook-cuda.log"
