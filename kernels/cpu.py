@@ -2,8 +2,8 @@
 one mini-batch in the order of backpropagation; ``train_batches``: an epoch of them in one call).
 
 Loops are laid out so the innermost one runs along contiguous memory and the compiler can
-vectorise it (``fastmath`` here allows reassociation and fused multiply-add only, so NaN and inf
-still propagate and divergence stays detectable).
+vectorise it (``fastmath`` here allows fused multiply-add, and reassociation in the forward dot
+products only, so NaN and inf still propagate and divergence stays detectable).
 """
 
 import hashlib
@@ -45,15 +45,20 @@ _drop_stale_cache()
 f, fprime, softmax_row = _activations_for("cpu")
 output_error_row = _losses_for("cpu")
 
-FASTMATH = {"reassoc", "contract", "nsz"}
+# Fused multiply-add and no signed zeros everywhere; reassociation only in the dot products of
+# the forward pass, which need it to vectorise their sums along k. Elsewhere it would let LLVM
+# regroup a formula such as (a - y) * (a (1 - a)) differently in each copy of a kernel it links
+# into a caller: a process compiling fresh and one loading Numba's cache would then round differently.
+FASTMATH = {"contract", "nsz"}
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
+dot_jit = njit(cache=True, fastmath=FASTMATH | {"reassoc"}, nogil=True)
 # Batches of at least this many rows do their matrix products with BLAS (np.dot, multi-threaded);
 # smaller ones with the register-blocked loops below, which beat a BLAS call at that size
 # (benchmarks/NOTES.md has the measurements).
 BLAS_ROWS = 32
 
 
-@jit
+@dot_jit
 def weighted_input_2x4(A_prev, W, b, Z):
     """Z = A_prev W^T + b with loops blocked 2 rows x 4 outputs: eight sums share six loads."""
     m, n_in = A_prev.shape
@@ -89,7 +94,7 @@ def weighted_input_2x4(A_prev, W, b, Z):
                 Z[i + 1, j] = t + b[j]
 
 
-@jit
+@dot_jit
 def weighted_input(A_prev, W, b, Z):
     """Z = A_prev W^T + b, blocked 5 rows x 4 outputs: twenty sums (vectors along k) share nine
     loads, so each loaded value feeds 4-5 multiply-adds; the rows past the last block of five go
