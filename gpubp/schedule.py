@@ -240,7 +240,7 @@ class Schedule:
         self.velocity = backend.zeros(params.shape, self.dtype)
         self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits
         self.count = backend.zeros(1, np.int64)
-        self._snapshot = (backend.empty(params.shape, self.dtype), backend.empty(params.shape, self.dtype))
+        self._snapshot: tuple[Any, Any] | None = None  # the state before this epoch or step
         self.W, self.b = self._layer_views(self.params)
         self.gW, self.gb = self._layer_views(self.nabla)
         self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
@@ -428,14 +428,26 @@ class Schedule:
         self.k.count_nonfinite(array.reshape(array.size), self.count)
         return int(self.backend.to_host(self.count)[0])
 
+    def state(self, into: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+        """A copy of the training state (the parameters, the momentum state) on this device, into
+        the arrays of an earlier copy if given: to go back to after a diverged epoch, or a best epoch."""
+        if into is None:
+            into = tuple(self.backend.empty(self.params.shape, self.dtype) for _ in range(2))
+        self.backend.copy(self.params, into[0])
+        self.backend.copy(self.velocity, into[1])
+        return into
+
+    def set_state(self, state: tuple[Any, Any]) -> None:
+        """Put back a training state that ``state`` copied."""
+        self.backend.copy(state[0], self.params)
+        self.backend.copy(state[1], self.velocity)
+
     def save_snapshot(self) -> None:
-        """Keep the parameters and the momentum state, to go back to if training diverges."""
-        self.backend.copy(self.params, self._snapshot[0])
-        self.backend.copy(self.velocity, self._snapshot[1])
+        """Keep the training state, to go back to if this epoch or step diverges."""
+        self._snapshot = self.state(self._snapshot)
 
     def restore_snapshot(self) -> None:
-        self.backend.copy(self._snapshot[0], self.params)
-        self.backend.copy(self._snapshot[1], self.velocity)
+        self.set_state(self._snapshot)
 
     def host(self, name: str) -> np.ndarray:
         """A numpy copy of "params", "nabla" or "velocity"."""

@@ -204,18 +204,10 @@ class BestModel:
 
 
 # The network's whole training state, copied on its own device (no trip through host memory on a GPU).
-# These are the only places outside network.py that touch the schedule's buffers.
 def _copy_state(net: Network, into: tuple[Any, Any, int] | None = None) -> tuple[Any, Any, int]:
-    s = net._schedule
-    if into is None:
-        into = (s.backend.empty(s.params.shape, s.params.dtype), s.backend.empty(s.velocity.shape, s.velocity.dtype), 0)
-    s.backend.copy(s.params, into[0])
-    s.backend.copy(s.velocity, into[1])
-    return into[0], into[1], net.epochs_trained
+    return (*net._schedule.state(None if into is None else into[:2]), net.epochs_trained)
 
 
 def _put_state(net: Network, state: tuple[Any, Any, int]) -> None:
-    s = net._schedule
-    s.backend.copy(state[0], s.params)
-    s.backend.copy(state[1], s.velocity)
+    net._schedule.set_state(state[:2])
     net.epochs_trained = state[2]
