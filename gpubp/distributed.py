@@ -74,23 +74,6 @@ def _mpi() -> Any:
     return MPI
 
 
-def step_execution(path: Any) -> Any:
-    """How a distributed fit runs for the ``path`` the network was made with ("auto" or a
-    ``gpubp.Execution``): one call per step, to all-reduce the gradients between two steps. "auto"
-    takes the Numba products; a whole epoch per call or recorded steps: ValueError."""
-    from .schedule import Execution, path_name
-
-    if path == "auto":
-        return Execution()
-    if path.whole_epoch or path.replay:
-        what = "a whole epoch" if path.whole_epoch else "many steps"
-        raise ValueError(
-            f"path={path_name(path)!r} runs {what} per call, so it cannot all-reduce the gradients between two steps; "
-            f"distributed training needs path='layers' (or 'cublas' on CUDA), or 'auto', which picks 'layers'"
-        )
-    return path
-
-
 def _path_code(path: Any) -> int:
     """A number for the path, the same on every rank that was given the same one (for ``agree``)."""
     if path == "auto":
@@ -158,8 +141,6 @@ class Communicator:
         self._zeros: dict[tuple[int, str], Any] = {}
         self._waiting: tuple[float, str] | None = None  # (since when, which collective), for the watchdog
         self._watchdog: threading.Thread | None = None
-
-    step_execution = staticmethod(step_execution)  # for the schedule, which holds a Communicator
 
     def __repr__(self) -> str:
         where = f"rank {self.rank} of {self.size}, local rank {self.local_rank}"
@@ -415,15 +396,15 @@ def init(comm: Any = None, abort_on_error: bool = True, timeout: float | None = 
 
 def prepare_fit(comm: Any, schedule: Any, device: str, **settings: float) -> Communicator | None:
     """Set ``schedule`` up for a fit over ``comm`` (None: one process): choose the transport,
-    check that every rank has the same ``settings`` and a per-step path, and broadcast the
-    parameters and the momentum state from rank 0. Collective. Returns the Communicator or None."""
+    check that every rank has the same ``settings``, and broadcast the parameters and the momentum
+    state from rank 0. Collective. Returns the Communicator or None. (With a Communicator set, the
+    schedule runs one call per step, or says why the path cannot: ``schedule.choose``.)"""
     dist = communicator(comm)
     schedule.dist = dist
     if dist is None:
         return None
     params = schedule.params
     dist.agree(path=_path_code(schedule.path), parameters=params.size, itemsize=params.dtype.itemsize, **settings)
-    step_execution(schedule.path)  # the same on every rank: agree checked it
     dist.attach(device)
     dist.broadcast(schedule.params)
     dist.broadcast(schedule.velocity)

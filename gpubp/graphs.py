@@ -101,7 +101,7 @@ class Recordings:
 
 def train_epoch_replayed(
     schedule: Any,
-    products: str,
+    engine: Any,
     X: Any,
     Y: Any,
     order: np.ndarray,
@@ -114,7 +114,7 @@ def train_epoch_replayed(
     s, n = schedule, len(order)
     if s.graphs is None:
         s.graphs = Recordings(s)
-    r, engine, per_replay = s.graphs, s.engine(products), s.tuning.graph_batches
+    r, per_replay = s.graphs, s.tuning.graph_batches
     if r.order is None or r.order.shape[0] != n:
         r.order = s.backend.empty(n, np.int64)
         r.graphs.clear()
@@ -133,6 +133,6 @@ def train_epoch_replayed(
                 progress((i + 1) * per_replay * batch_size, n)
     if rest:
         r.replay_for(engine, X, Y, batch_size, rest)()
-    s.steps(engine, X, Y, r.order, full * batch_size, n, batch_size, hyper)
+    engine.steps(X, Y, r.order, full * batch_size, n, batch_size, hyper)
     if progress:
         progress(n, n)

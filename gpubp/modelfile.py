@@ -411,11 +411,11 @@ class SavedEpoch:
             return None
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def save(self, net: Any, epoch: int) -> None:
-        """``net.save(path)`` as the model of ``epoch``."""
+    def save(self, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray], epoch: int) -> None:
+        """``write`` the model of ``epoch`` (what ``Network.save`` writes) to this path."""
         self.pending = epoch
         try:
-            net.save(self.path)
+            write(self.path, config, arrays)
         finally:
             self.settle()
 

@@ -462,6 +462,8 @@ class Network:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val, dist)
             record["seconds"] = time.perf_counter() - t0
             stop = tracker is not None and tracker.update(self, record)  # early stopping; adds "improved"
+            if record.get("improved") and tracker.checkpoint is not None:  # the best model so far, atomically
+                tracker.checkpoint.save(*self._contents(), epoch)
             for key, value in record.items():
                 history.setdefault(key, []).append(value)
             log.info("epoch %d: %s", epoch, record)
@@ -488,8 +490,7 @@ class Network:
         Yd = self._targets(Y, Xd.shape[0])
         s = self._schedule
         s.save_snapshot()
-        s.gradients(Xd, Yd)
-        s.update(float(lr), 0.0, 0.0, velocity=s.nabla)  # v = -lr nabla in place of nabla: the velocity stays
+        s.step(Xd, Yd, float(lr))
         if s.nonfinite(s.params):
             s.restore_snapshot()
             raise TrainingDiverged(f"the step with lr={lr:g} made a parameter NaN or inf; the network is unchanged")
@@ -604,6 +605,10 @@ class Network:
         The file holds W^l and b^l and, once the network has trained, the velocity of the SGD
         update (``vw{l}``, ``vb{l}``; the momentum state), like an optimizer's state in a checkpoint.
         The format is ``gpubp.modelfile``'s."""
+        modelfile.write(path, *self._contents())
+
+    def _contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``save`` writes: the settings, and the arrays by name."""
         config = {
             "sizes": self.sizes,
             "activation": self.activation,
@@ -619,7 +624,7 @@ class Network:
         if velocity.any():  # zero until the first update: no need to double the file
             for l, (vw, vb) in enumerate(zip(*self._schedule.split(velocity))):
                 arrays[f"vw{l}"], arrays[f"vb{l}"] = vw, vb
-        modelfile.write(path, config, arrays)
+        return config, arrays
 
     def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
         """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its

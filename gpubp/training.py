@@ -7,8 +7,8 @@ the tracker
 
 - copies the network's state (parameters, momentum state, ``epochs_trained``) into a buffer on the
   network's device, and
-- with ``checkpoint``, writes the model to that path with ``Network.save``, which is atomic: the file
-  always holds one whole model, the best so far, even if training is killed.
+- with ``checkpoint``, has ``fit`` write the model to that path as ``Network.save`` does, atomically:
+  the file always holds one whole model, the best so far, even if training is killed.
 
 With ``patience`` p, training stops after p epochs in a row without an improvement. With
 ``restore_best``, the network ends ``fit`` with the best epoch's state, so it equals the checkpoint
@@ -178,7 +178,7 @@ class BestModel:
         return value > self.best_value + self.min_delta
 
     def update(self, net: Network, record: dict) -> bool:
-        """Judge one epoch's ``record`` (adds ``record["improved"]``); keep and save it if best. True: stop now."""
+        """Judge one epoch's ``record`` (adds ``record["improved"]``); keep its state if best. True: stop now."""
         value = record[self.monitor]
         improved = self.improves(value)
         record["improved"] = improved
@@ -186,8 +186,6 @@ class BestModel:
             self.best_value, self.best_epoch, self.waited = float(value), int(record["epoch"]), 0
             if self.restore_best:
                 self._best_state = _copy_state(net, self._best_state)
-            if self.checkpoint is not None:
-                self.checkpoint.save(net, self.best_epoch)
         else:
             self.waited += 1
         self.stopped_early = self.patience is not None and self.waited >= self.patience

@@ -1,0 +1,128 @@
+"""The engines: one mini-batch's kernels in the order of backpropagation, on one device.
+
+For each mini-batch (Nielsen's ``update_mini_batch``):
+  1. gather the batch's rows of X and Y (the shuffle) into the work buffers;
+  2. forward, l = 1..L:      z^l = W^l a^(l-1) + b^l,  a^l = f(z^l);
+  3. BP1:                    delta^L = grad_a C ⊙ f'(z^L);
+  4. backward, l = L..1:     BP2 delta^(l-1) from W^l, BP3/BP4 the gradients of layer l;
+  5. update every layer:     W <- W - (eta/m) sum_x delta (a^(l-1))^T,  b <- b - (eta/m) sum_x delta.
+BP2 always reads the W^l that made the forward pass.
+
+Each engine writes that order once: ``kernels.cpu.step`` (one @njit call per batch, the CPU),
+``CudaEngine.backprop`` below (one launch per operation, CUDA) and ``kernels.cuda.fused`` (a
+whole epoch in one CUDA launch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import prefetch
+from .workspace import Views, Workspace
+
+
+class Engine:
+    """Runs one step's kernels, and a whole epoch's, on a workspace's device."""
+
+    epoch_options: dict[str, int] = {}  # launch settings of the whole-epoch call
+
+    def __init__(self, w: Workspace) -> None:
+        self.w, self.k = w, w.backend.kernels
+
+    def update(self, lr: float, momentum: float, decay: float, velocity: Any = None) -> None:
+        """SGD on all parameters from nabla: weights with weight decay, biases without."""
+        w = self.w
+        nw, velocity = w.n_weights, w.velocity if velocity is None else velocity
+        self.k.sgd_update(w.params[:nw], w.nabla[:nw], velocity[:nw], lr, momentum, decay)
+        self.k.sgd_update(w.params[nw:], w.nabla[nw:], velocity[nw:], lr, momentum, 0.0)
+
+    def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        """Mini-batch SGD over rows order_d[start:stop] of X, one step call per batch.
+
+        Distributed, each rank takes its share of every batch's rows and one all-reduce sums the
+        ranks' gradients, each scaled by 1/(the whole batch's rows), before the same update."""
+        w, dist = self.w, self.w.dist
+        for s in range(start, stop, batch_size):
+            e = min(s + batch_size, stop)
+            scale = 1.0 / (e - s)  # the mean over the whole batch, on every rank
+            if dist is not None:
+                s, e = dist.take(s, e)
+            if e > s:
+                v = w.views(batch_size, e - s)
+                self.k.gather_rows(X, order_d[s:e], v.A[0])
+                self.k.gather_rows(Y, order_d[s:e], v.Y)
+                self.backprop(v, batch_size, e - s, scale)
+            else:  # no rows on this rank in a short last batch: it adds zeros to the sum
+                dist.zero(w.nabla)
+            if dist is not None:
+                dist.allreduce(w.nabla)
+            self.update(*hyper)
+
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        """Mini-batch SGD over rows order[start:stop] in one call (``train_batches``)."""
+        w = self.w
+        A, Z, D, Yb = w.buffers(batch_size)
+        self.k.train_batches(X, Y, order, start, stop, batch_size, w.params, w.nabla, w.velocity, w.layout, w.units,
+                             w.acts, w.loss, A, Yb, Z, D, *hyper, w.cost, **self.epoch_options)  # fmt: skip
+
+    def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class CpuEngine(Engine):
+    """The CPU's order of backpropagation is ``kernels.cpu.step``: one @njit call per batch."""
+
+    def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
+        w = self.w
+        A, Z, _, _ = w.buffers(cap)
+        self.k.feedforward(w.params, w.layout, w.units, w.acts, A, Z, cap, m)
+
+    def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
+        """nabla = scale sum_x dC_x/dp over the batch of m rows in the work buffers; cost += sum_x C_x."""
+        w = self.w
+        A, Z, D, _ = w.buffers(cap)
+        self.k.step(w.params, w.nabla, w.velocity, w.layout, w.units, w.acts, w.loss, v.Y, A, Z, D, cap, m, scale,
+                    0.0, 0.0, 0.0, w.cost, False)  # fmt: skip
+
+    def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        # small batches train on one core: the gather of the shuffled rows goes to a second one
+        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):
+            prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
+            return
+        super().whole_epoch(X, Y, order, start, stop, batch_size, hyper)
+
+
+class CudaEngine(Engine):
+    """CUDA's order of backpropagation, one kernel launch per operation and layer."""
+
+    def __init__(self, w: Workspace, products: str, epoch_options: dict[str, int]) -> None:
+        super().__init__(w)
+        k = self.k
+        if products == "cublas":
+            self.products = (k.forward_cublas, k.hidden_error_cublas, k.weight_gradient_cublas)
+        else:
+            self.products = (k.forward, k.hidden_error, k.weight_gradient)
+        self.epoch_options = epoch_options
+
+    def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
+        """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
+        w, forward = self.w, self.products[0]
+        for l in range(w.L):
+            forward(v.A[l], w.W[l], w.b[l], v.Z[l + 1], v.A[l + 1], w.acts_list[l], stream)
+
+    def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
+        """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = scale sum_x dC_x/dp.
+
+        ``stream``: where to launch, e.g. a CUDA graph being recorded."""
+        w, k, L, acts = self.w, self.k, self.w.L, self.w.acts_list
+        _, hidden_error, weight_gradient = self.products
+        self.forward(v, cap, m, stream)
+        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], w.loss, acts[L - 1], w.cost, stream)  # BP1
+        for l in reversed(range(L)):
+            weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream)  # BP4
+            k.bias_gradient(v.D[l + 1], scale, w.gb[l], stream)  # BP3
+            if l > 0:  # BP2
+                hidden_error(v.D[l + 1], w.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
