@@ -9,8 +9,8 @@ those decisions and the loops over an epoch, evaluation and prediction; the engi
 activations and the training data stay on the device for the whole fit; only the epoch's
 shuffled order is sent.
 
-Calls go one way: ``network`` -> ``schedule`` -> ``graphs`` -> ``engines`` -> ``prefetch`` ->
-``workspace`` -> ``backends`` and the kernels.
+Calls go one way: ``network`` -> ``training`` -> ``schedule`` -> ``graphs`` -> ``engines`` ->
+``prefetch`` -> ``workspace`` -> ``backends`` and the kernels.
 """
 
 from __future__ import annotations
