@@ -618,7 +618,7 @@ class Network:
             "epochs_trained": self.epochs_trained,
         }
         arrays = {}
-        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for l, (w, b) in enumerate(zip(*self._schedule.split(self._schedule.host("params")))):  # one copy to host
             arrays[f"w{l}"], arrays[f"b{l}"] = w, b
         velocity = self._schedule.host("velocity")
         if velocity.any():  # zero until the first update: no need to double the file
