@@ -1,0 +1,224 @@
+"""A network's settings as one frozen value, and the one table of every user-facing parameter.
+
+``Config`` is what a network *is*: its layer sizes, activations, cost, dtype and initialisation.
+``PARAMETERS`` declares each number or choice a user passes (to ``Network``, ``fit``, the estimators
+and the command line) once, with its type and range, as scikit-learn's ``_parameter_constraints``
+do; ``check(name, value)`` is the only place those are checked, so every entry point refuses a bad
+value with the same words: "lr must be a positive number, got -1".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .losses import ACTIVATIONS, LOSSES, resolve
+
+
+class InvalidParameter(ValueError, TypeError):
+    """A parameter of the wrong type or out of its range. Both a ValueError and a TypeError (as
+    scikit-learn's InvalidParameterError), so code catching either keeps working."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter's type and range.
+
+    ``kind``: "int", "real", "bool", "choice" or "callable". For numbers, ``low``/``high`` bound the
+    value (``low_open``/``high_open`` exclude the bound; a real is always finite). ``choices`` for
+    "choice". ``none``: None is accepted too (and means "not used").
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+    none: bool = False
+
+    @property
+    def what(self) -> str:
+        """The accepted values in words: "a positive integer", "a number in [0, 1)", ..."""
+        if self.kind == "bool":
+            words = "True or False"
+        elif self.kind == "callable":
+            words = "a callable"
+        elif self.kind == "choice":
+            words = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            noun = "integer" if self.kind == "int" else "number"
+            lo, hi = self.low, self.high
+            if lo == 0 and self.low_open and hi is None:
+                words = f"a positive {noun}"
+            elif lo == 1 and self.kind == "int" and hi is None:
+                words = "a positive integer"
+            elif lo == 0 and hi is None:
+                words = f"a non-negative {noun}" if self.kind == "int" else "a number >= 0"
+            elif lo is None and hi is None:
+                words = f"a finite {noun}"
+            elif hi is None:
+                words = f"a {noun} {'>' if self.low_open else '>='} {lo:g}"
+            else:
+                left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                words = f"a {noun} in {left}{lo:g}, {hi:g}{right}"
+        return f"None or {words}" if self.none else words
+
+
+def _int(low: int = 1, none: bool = False) -> Param:
+    return Param("int", low=low, none=none)
+
+
+def _real(low=None, high=None, low_open=False, high_open=False, none=False) -> Param:  # noqa: ANN001
+    return Param("real", low, high, low_open, high_open, none=none)
+
+
+_positive = _real(0, low_open=True)
+_fraction = _real(0, 1, low_open=True, high_open=True)
+_flag = Param("bool")
+
+# Every user-facing parameter, declared once. The estimators' and the command line's names for
+# the same quantity map onto these (``check(..., name=...)`` keeps the caller's name in the error).
+PARAMETERS: dict[str, Param] = {
+    # the network
+    "activation": Param("choice", choices=tuple(a for a in ACTIVATIONS if a != "softmax")),
+    "output_activation": Param("choice", choices=ACTIVATIONS, none=True),
+    "loss": Param("choice", choices=LOSSES),
+    "init": Param("choice", choices=("scaled", "standard")),
+    "dtype": Param("choice", choices=("float32", "float64")),
+    "device": Param("choice", choices=("auto", "cpu", "cuda")),
+    "seed": _int(0, none=True),
+    # training
+    "epochs": _int(),
+    "batch_size": _int(),
+    "lr": _positive,
+    "lr_decay": _real(0, 1, low_open=True),
+    "momentum": _real(0, 1, high_open=True),
+    "weight_decay": _real(0),
+    "shuffle": _flag,
+    "callback": Param("callable", none=True),
+    "progress": Param("callable", none=True),
+    # validation, early stopping and checkpoints (gpubp.training)
+    "validation_split": _real(0, 1, low_open=True, high_open=True, none=True),
+    "early_stopping": _int(none=True),  # the patience, in epochs
+    "monitor": Param("choice", choices=("auto", "val_loss", "val_accuracy", "loss", "epoch")),
+    "min_delta": _real(0),
+    "restore_best": _flag,
+    "baseline": _real(none=True),
+    # the estimators' own (gpubp.sklearn)
+    "validation_fraction": _fraction,
+    "n_iter_no_change": _int(),
+    "tol": _real(0),
+    "warm_start": _flag,
+    # the command line's own
+    "precision": _int(),
+}
+
+
+def check(key: str, value: Any, name: str | None = None) -> Any:
+    """``value`` checked against ``PARAMETERS[key]`` and normalised (a Python int, float or bool);
+    ``InvalidParameter`` naming ``name`` (default: the key) and what it accepts otherwise."""
+    p, name = PARAMETERS[key], name or key
+    if value is None and p.none:
+        return None
+    if p.kind == "choice":
+        if isinstance(value, str) and value in p.choices:
+            return value
+        raise InvalidParameter(f"unknown {name} {value!r}; choose {p.what}")
+    if p.kind == "callable":
+        if callable(value):
+            return value
+        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+    if p.kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+    integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    real = integral or isinstance(value, (float, np.floating))
+    if not (integral if p.kind == "int" else real):
+        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+    v = int(value) if p.kind == "int" else float(value)
+    ok = math.isfinite(v)
+    if ok and p.low is not None:
+        ok = v > p.low if p.low_open else v >= p.low
+    if ok and p.high is not None:
+        ok = v < p.high if p.high_open else v <= p.high
+    if not ok:
+        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+    return v
+
+
+def parse(key: str, text: str, name: str | None = None) -> Any:
+    """A command-line string read as ``PARAMETERS[key]`` and checked like ``check``."""
+    p = PARAMETERS[key]
+    value: Any = text
+    if p.kind in ("int", "real"):
+        try:
+            value = int(text) if p.kind == "int" else float(text)
+        except ValueError:
+            raise InvalidParameter(f"{name or key} must be {p.what}, got {text!r}") from None
+    return check(key, value, name)
+
+
+def check_sizes(sizes: Any) -> tuple[int, ...]:
+    """The layer widths as a tuple of at least two positive integers."""
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise InvalidParameter(f"sizes must be a list of layer widths, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise InvalidParameter(f"a network needs at least two layers (inputs and outputs), got sizes={sizes}")
+    for s in sizes:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise InvalidParameter(f"every layer size must be a positive integer, got sizes={sizes}")
+    return tuple(int(s) for s in sizes)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a network is: ``sizes`` (inputs, hidden widths, outputs), the hidden layers'
+    ``activation`` f, the ``output_activation`` (resolved: never None), the cost ``loss``, the
+    ``dtype`` and the ``init`` its parameters were drawn with. Checked when made."""
+
+    sizes: tuple[int, ...]
+    activation: str = "sigmoid"
+    output_activation: str = "sigmoid"
+    loss: str = "quadratic"
+    dtype: str = "float32"
+    init: str = "scaled"
+
+    @classmethod
+    def make(
+        cls,
+        sizes: Sequence[int],
+        activation: str = "sigmoid",
+        output_activation: str | None = None,
+        loss: str = "quadratic",
+        dtype: Any = "float32",
+        init: str = "scaled",
+    ) -> Config:
+        """A checked Config; ``output_activation=None`` means the same as ``activation``."""
+        sizes = check_sizes(sizes)
+        activation, output_activation, loss = resolve(activation, output_activation, loss)
+        if output_activation == "softmax" and sizes[-1] < 2:
+            raise InvalidParameter("softmax over a single output is always 1: use two outputs, or a sigmoid output")
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            pass
+        check("dtype", dtype)
+        check("init", init)
+        return cls(sizes, activation, output_activation, loss, dtype, init)
+
+    @property
+    def layer_activations(self) -> list[str]:
+        """f of each layer l = 1..L."""
+        return [self.activation] * (len(self.sizes) - 2) + [self.output_activation]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values."""
+        return dict(asdict(self), sizes=list(self.sizes))
