@@ -109,7 +109,8 @@ PARAMETERS: dict[str, Param] = {
     "min_delta": _real(0),
     "restore_best": _flag,
     "baseline": _real(none=True),
-    # the estimators' own (gpubp.sklearn)
+    # the estimators' own (gpubp.sklearn); their early_stopping is a switch, not a patience
+    "MLP.early_stopping": _flag,
     "validation_fraction": _fraction,
     "n_iter_no_change": _int(),
     "tol": _real(0),

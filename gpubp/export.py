@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .network import Network
+from .config import Config, check
+from .modelfile import atomic_write
+from .state import State
 
 OPSET = 17  # Softmax takes one axis from opset 13; 17 is read by every onnxruntime since 1.12 (2022)
 IR_VERSION = 8  # the IR version of opset 17 (onnx 1.12): newer files would shut out older runtimes
@@ -32,20 +32,18 @@ def _onnx() -> Any:
     return onnx
 
 
-def onnx_model(net: Network, dtype: str | None = None) -> Any:
-    """The network as an ``onnx.ModelProto`` (checked by ``onnx.checker``); ``dtype`` defaults to the network's."""
+def onnx_model(config: Config, state: State, dtype: str | None = None) -> Any:
+    """The network of ``config`` and ``state`` as an ``onnx.ModelProto`` (checked by
+    ``onnx.checker``); ``dtype`` defaults to the network's."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    dtype = net.dtype.name if dtype is None else dtype
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"unknown dtype {dtype!r}; choose 'float32' or 'float64'")
+    dtype = config.dtype if dtype is None else check("dtype", dtype)
     elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.DOUBLE
-    n_layers = len(net.sizes) - 1
-    acts = [net.activation] * (n_layers - 1) + [net.output_activation]
+    n_layers, acts = len(config.sizes) - 1, config.layer_activations
     nodes, inits = [], []
     a = "X"
-    for l, (W, b) in enumerate(zip(net.weights, net.biases), start=1):
+    for l, (W, b) in enumerate(zip(state.weights, state.biases), start=1):
         last = l == n_layers
         op = ONNX_OPS[acts[l - 1]]
         z = "Y" if last and op is None else f"z{l}"
@@ -60,8 +58,8 @@ def onnx_model(net: Network, dtype: str | None = None) -> Any:
     graph = helper.make_graph(
         nodes,
         "gpubp_mlp",
-        [helper.make_tensor_value_info("X", elem, ["N", net.sizes[0]])],
-        [helper.make_tensor_value_info("Y", elem, ["N", net.sizes[-1]])],
+        [helper.make_tensor_value_info("X", elem, ["N", config.sizes[0]])],
+        [helper.make_tensor_value_info("Y", elem, ["N", config.sizes[-1]])],
         initializer=inits,
     )
     from . import __version__
@@ -71,36 +69,17 @@ def onnx_model(net: Network, dtype: str | None = None) -> Any:
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="gpubp",
         producer_version=__version__,
-        doc_string=f"gpubp MLP {','.join(map(str, net.sizes))}: {net.activation} hidden, "
-        f"{net.output_activation} output; Y = the output activations a^L of X (rows are samples)",
+        doc_string=f"gpubp MLP {','.join(map(str, config.sizes))}: {config.activation} hidden, "
+        f"{config.output_activation} output; Y = the output activations a^L of X (rows are samples)",
     )
     model.ir_version = IR_VERSION
-    config = {"sizes": net.sizes, "activation": net.activation, "output_activation": net.output_activation}
-    config.update(loss=net.loss, dtype=dtype, epochs_trained=net.epochs_trained)
-    helper.set_model_props(model, {"gpubp": json.dumps(config)})
+    props = dict(config.to_dict(), dtype=dtype, epochs_trained=state.epochs_trained)
+    helper.set_model_props(model, {"gpubp": json.dumps(props)})
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def to_onnx(net: Network, path: str | os.PathLike, dtype: str | None = None) -> None:
-    """Write ``net`` to ``path`` as an ONNX model, atomically (a temporary file, then a rename)."""
-    path = os.fspath(path)
-    data = onnx_model(net, dtype).SerializeToString()  # the whole file, before anything is written
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; give a file name such as model.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def to_onnx(config: Config, state: State, path: str | os.PathLike, dtype: str | None = None) -> None:
+    """Write the network to ``path`` as an ONNX model, by the model file's atomic writer."""
+    data = onnx_model(config, state, dtype).SerializeToString()  # the whole file, before anything is written
+    atomic_write(path, lambda fh: fh.write(data))

@@ -26,15 +26,17 @@ import re
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from .config import PARAMETERS, Config
 from .losses import resolve
+from .state import State
 from .untrusted import BadFile, NpyHeader, Npz, open_regular
 
-__all__ = ["FORMAT", "BadFile", "Model", "write", "read", "SavedEpoch", "interrupts_deferred"]
+__all__ = ["FORMAT", "BadFile", "Model", "write", "atomic_write", "read", "SavedEpoch", "interrupts_deferred"]
 
 FORMAT = "gpubp-model-1"
 
@@ -60,6 +62,19 @@ class Model(NamedTuple):
     weights: list[np.ndarray]
     biases: list[np.ndarray]
     velocity: list[np.ndarray] | None
+
+    def settings(self) -> Config:
+        """The saved network's ``Config`` (files from before ``init`` was saved: "scaled")."""
+        c = self.config
+        return Config.make(
+            c["sizes"], c["activation"], c["output_activation"], c["loss"], c["dtype"], c.get("init", "scaled")
+        )
+
+    def state(self) -> State:
+        """The saved parameters, momentum state and ``epochs_trained`` (no generator state)."""
+        L = len(self.weights)
+        velocity = None if self.velocity is None else (self.velocity[:L], self.velocity[L:])
+        return State(self.weights, self.biases, velocity, self.config.get("epochs_trained", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,34 +148,45 @@ def interrupts_deferred() -> Iterator[_Held]:
         held.deliver()
 
 
-def write(path: str | os.PathLike[str], config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """Write a model file: ``format`` and ``config`` (as JSON) and ``arrays`` (w0, b0, ...).
+def write(path: str | os.PathLike[str], config: Config, state: State) -> None:
+    """Write a model file: ``format``, ``config`` (the settings and ``epochs_trained``, as JSON) and
+    the state's arrays (w0, b0, ..., and the momentum state once it is not zero), by
+    :func:`atomic_write`."""
+    members = {"format": np.array(FORMAT), "config": np.array(json.dumps(_config_json(config, state), allow_nan=False))}
+    for name, array in state.arrays().items():
+        members[name] = np.asarray(array)
+        if members[name].dtype.kind not in "biuf":  # nothing np.savez would pickle
+            raise TypeError(f"{name}: a model file holds arrays of numbers, got {members[name].dtype}")
+    atomic_write(path, lambda fh: np.savez(fh, **members))
 
-    Atomic: the archive is written to a temporary file in the same folder, flushed to disk, then
-    renamed over ``path``, so ``path`` holds the old file or the new one, never a part; two
-    processes saving to the same path leave one of their files whole. The temporary file is
-    removed whatever interrupts the write: an exception, or Ctrl-C (which may stop a long write);
-    SIGTERM with its default action waits for the file to be whole, or removed, then terminates.
-    The file gets the permissions of an ordinary new file (0666 less the umask).
+
+def _config_json(config: Config, state: State) -> dict[str, Any]:
+    return dict(config.to_dict(), epochs_trained=int(state.epochs_trained))
+
+
+def atomic_write(path: str | os.PathLike[str], fill: Callable[[Any], None]) -> None:
+    """Write a file by ``fill(binary file)``, atomically: the one writer of gpubp's files.
+
+    The data goes to a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``, so ``path`` holds the old file or the new one, never a part; two processes saving to
+    the same path leave one of their files whole. The temporary file is removed whatever
+    interrupts the write: an exception, or Ctrl-C (which may stop a long write); SIGTERM with its
+    default action waits for the file to be whole, or removed, then terminates. The file gets the
+    permissions of an ordinary new file (0666 less the umask, read without changing it).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
-    members = {"format": np.array(FORMAT), "config": np.array(json.dumps(dict(config), allow_nan=False))}
-    for name, array in arrays.items():
-        if name in members:
-            raise ValueError(f"{name!r} is the model file's own member")
-        members[name] = np.asarray(array)
-        if members[name].dtype.kind not in "biuf":  # nothing np.savez would pickle
-            raise TypeError(f"{name}: a model file holds arrays of numbers, got {members[name].dtype}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give a file name")
     umask = _umask()
     with interrupts_deferred() as held:
         fd, tmp = tempfile.mkstemp(prefix=".gpubp-", suffix=".tmp", dir=folder)
         fh = os.fdopen(fd, "wb")
         try:
             with held.released():
-                np.savez(fh, **members)
+                fill(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             fh.close()
@@ -322,6 +348,8 @@ def _read_config(npz: Npz, where: str) -> dict[str, Any]:
     epochs = config.setdefault("epochs_trained", 0)  # absent from files of gpubp 0.1
     if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= MAX_EPOCHS:
         raise BadFile(f"{where}: epochs_trained must be a count up to {MAX_EPOCHS}, got {_brief(epochs)}")
+    if config.setdefault("init", "scaled") not in PARAMETERS["init"].choices:  # absent before gpubp 0.2
+        raise BadFile(f"{where}: config 'init' is {_brief(config['init'])}, expected 'scaled' or 'standard'")
     try:
         resolve(config["activation"], config["output_activation"], config["loss"])
     except ValueError as e:
@@ -411,11 +439,11 @@ class SavedEpoch:
             return None
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def save(self, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray], epoch: int) -> None:
+    def save(self, config: Config, state: State, epoch: int) -> None:
         """``write`` the model of ``epoch`` (what ``Network.save`` writes) to this path."""
         self.pending = epoch
         try:
-            write(self.path, config, arrays)
+            write(self.path, config, state)
         finally:
             self.settle()
 

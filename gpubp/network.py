@@ -3,12 +3,14 @@
 Notation follows Nielsen's *Neural Networks and Deep Learning*: layer l = 1..L has weights
 ``W^l`` of shape (sizes[l], sizes[l-1]) (``w^l_jk`` connects neuron k of layer l-1 to neuron j of
 layer l) and biases ``b^l``. Rows of X are samples, so a batch's weighted inputs are
-``Z^l = A^(l-1) (W^l)^T + b^l``. The kernels live in ``gpubp.kernels``; the order they run in,
-in ``gpubp.schedule``.
+``Z^l = A^(l-1) (W^l)^T + b^l``. A network is two typed values: its settings (``config``, a
+``gpubp.config.Config``) and its state (``state_dict()``, a ``gpubp.state.State``). The kernels
+live in ``gpubp.kernels``; the order they run in, in ``gpubp.schedule``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -22,55 +24,21 @@ import numpy as np
 
 from . import backends, modelfile, training
 from . import distributed as dist_mod
+from .config import PARAMETERS, Config, check
 from .losses import codes as layer_codes
-from .losses import loss_code, resolve
+from .losses import loss_code
 from .schedule import Execution, Schedule, Tuning, path_name
+from .state import State
+from .training import History
 
 log = logging.getLogger("gpubp")
 
-INITS = ("scaled", "standard")
-DTYPES = ("float32", "float64")
+INITS, DTYPES = PARAMETERS["init"].choices, PARAMETERS["dtype"].choices
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")  # numpy's, for a State's rng
 
 
 class TrainingDiverged(ArithmeticError):
     """The cost or a parameter became NaN or inf during ``fit``."""
-
-
-class History(dict):
-    """Per-epoch records of ``fit``: lists under "epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds".
-
-    "loss" is the training cost C averaged over the epoch's samples, each sample's C_x measured by
-    the forward pass that trained on it (before its batch's update). The first epoch's "seconds"
-    include compiling the kernels, the first time a process uses them.
-
-    The momentum state persists across ``fit`` calls on one network, like an optimizer's, and
-    ``save`` stores it with the parameters, so a loaded model goes on with the velocity it had.
-
-    When ``fit`` tracks the best epoch (``early_stopping``, ``checkpoint``, ``monitor`` or
-    ``baseline``), each record also has "improved" and these attributes say how it went.
-    """
-
-    # set by gpubp.training.BestModel.finish
-    monitor: str | None = None  # the value watched: "val_loss", "val_accuracy", "loss" or "epoch"
-    best_epoch: int | None = None  # the best epoch of this fit (0: the starting model, with a baseline)
-    best_value: float | None = None  # the monitored value of the best epoch
-    stopped_early: bool = False  # whether early_stopping ended fit before `epochs`
-
-
-def _check_positive(name: str, value: Any, integer: bool) -> None:
-    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _locked(method: Callable) -> Callable:
@@ -83,6 +51,11 @@ def _locked(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return run
+
+
+def _checked(**values: Any) -> dict[str, Any]:
+    """Each value checked against its entry of ``gpubp.config.PARAMETERS``."""
+    return {key: check(key, value) for key, value in values.items()}
 
 
 class Network:
@@ -116,17 +89,29 @@ class Network:
         path: str | Execution = "auto",
         tuning: Tuning | None = None,
     ) -> None:
-        sizes = self._check_sizes(sizes)
-        seed = _check_seed(seed)
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose 'scaled' or 'standard'")
-        rng = np.random.default_rng(seed)
-        weights, biases = [], []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        config = Config.make(sizes, activation, output_activation, loss, dtype, init)
+        rng = np.random.default_rng(check("seed", seed))
+        weights = []
+        for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:]):
             scale = 1.0 / math.sqrt(n_in) if init == "scaled" else 1.0
             weights.append(rng.standard_normal((n_out, n_in)) * scale)
-        biases = [rng.standard_normal(n) for n in sizes[1:]]
-        self._setup(sizes, weights, biases, activation, output_activation, loss, dtype, device, path, rng, tuning)
+        biases = [rng.standard_normal(n) for n in config.sizes[1:]]
+        self._setup(config, State(weights, biases), device, rng, path, tuning)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        state: State,
+        device: str = "auto",
+        seed: int | None = 0,
+        path: str | Execution = "auto",
+        tuning: Tuning | None = None,
+    ) -> Network:
+        """A network of ``config``'s settings holding ``state`` (e.g. another's ``state_dict()``)."""
+        net = cls.__new__(cls)
+        net._setup(config, state, device, np.random.default_rng(check("seed", seed)), path, tuning)
+        return net
 
     @classmethod
     def from_params(
@@ -157,77 +142,51 @@ class Network:
                     f"layer {l + 1}: weights {w.shape} and biases {b.shape} do not chain; "
                     f"expected weights ({w.shape[0] if w.ndim else '?'}, {sizes[l]}) and biases ({w.shape[0]},)"
                 )
-            for name, p in (("weights", w), ("biases", b)):
-                if p.dtype.kind not in "iuf" or not np.isfinite(p).all():
-                    raise ValueError(f"layer {l + 1}: {name} must be finite real numbers")
-        net = cls.__new__(cls)
-        net._setup(
-            cls._check_sizes(sizes),
-            weights,
-            biases,
-            activation,
-            output_activation,
-            loss,
-            dtype,
-            device,
-            path,
-            np.random.default_rng(_check_seed(seed)),
-            tuning,
-        )
-        return net
+        config = Config.make(sizes, activation, output_activation, loss, dtype)
+        return cls.from_config(config, State(weights, biases), device, seed, path, tuning)
 
     def _setup(
-        self,
-        sizes: list[int],
-        weights: list[np.ndarray],
-        biases: list[np.ndarray],
-        activation: str,
-        output_activation: str | None,
-        loss: str,
-        dtype: str,
-        device: str,
-        path: str | Execution,
-        rng: np.random.Generator,
-        tuning: Tuning | None = None,
+        self, config: Config, state: State, device: str, rng: np.random.Generator, path: Any, tuning: Any
     ) -> None:
-        self.activation, self.output_activation, self.loss = resolve(activation, output_activation, loss)
-        if self.output_activation == "softmax" and sizes[-1] < 2:
-            raise ValueError("softmax over a single output is always 1: use two outputs, or a sigmoid output")
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            self.dtype = None
-        if self.dtype is None or self.dtype.name not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose 'float32' or 'float64'")
-        self.sizes = sizes
+        self.config = config
+        self._device = device  # as asked ("auto" stays "auto": a pickled network runs where it lands)
         self.epochs_trained = 0  # epochs of fit these parameters have had (kept by save and load)
         self._rng = rng
         self._lock = threading.RLock()
-        flat = np.concatenate([w.ravel() for w in weights] + [b.ravel() for b in biases])
+        n_params = sum(a * b + b for a, b in zip(config.sizes[:-1], config.sizes[1:]))
         self._schedule = Schedule(
-            backends.select(device),
-            sizes,
-            layer_codes(self.activation, self.output_activation, len(sizes) - 1),
-            loss_code(self.loss),
-            flat.astype(self.dtype),
+            backends.select(check("device", device)),
+            list(config.sizes),
+            layer_codes(config.activation, config.output_activation, len(config.sizes) - 1),
+            loss_code(config.loss),
+            np.zeros(n_params, config.dtype),
             path,
             tuning,
         )
+        self.load_state_dict(state)
 
-    @staticmethod
-    def _check_sizes(sizes: Sequence[int]) -> list[int]:
-        try:
-            sizes = list(sizes)
-        except TypeError:
-            raise TypeError(f"sizes must be a list of layer widths, got {sizes!r}") from None
-        if len(sizes) < 2:
-            raise ValueError(f"a network needs at least two layers (inputs and outputs), got sizes={sizes}")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-                raise ValueError(f"every layer size must be a positive integer, got sizes={sizes}")
-        return [int(s) for s in sizes]
+    # -- properties: the settings are the Config's --------------------------------------------------
+    @property
+    def sizes(self) -> list[int]:
+        """Layer widths, inputs first."""
+        return list(self.config.sizes)
 
-    # -- properties ------------------------------------------------------------------------------
+    @property
+    def activation(self) -> str:
+        return self.config.activation
+
+    @property
+    def output_activation(self) -> str:
+        return self.config.output_activation
+
+    @property
+    def loss(self) -> str:
+        return self.config.loss
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.config.dtype)
+
     @property
     def device(self) -> str:
         """ "cpu" or "cuda": where this network's kernels run."""
@@ -257,6 +216,52 @@ class Network:
             f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.name!r}, "
             f"device={self.device!r})"
         )
+
+    # -- the state: one typed value -------------------------------------------------------------------
+    @_locked
+    def state_dict(self, include_rng: bool = True) -> State:
+        """A copy of what this network has learned (a ``gpubp.state.State``): the parameters, the
+        momentum state (None while zero), ``epochs_trained`` and, with ``include_rng``, the state of
+        the generator that shuffles ``fit``'s rows."""
+        s = self._schedule
+        weights, biases = s.split(s.host("params"))
+        velocity = s.host("velocity")
+        rng = copy.deepcopy(self._rng.bit_generator.state) if include_rng else None
+        return State(weights, biases, s.split(velocity) if velocity.any() else None, self.epochs_trained, rng)
+
+    @_locked
+    def load_state_dict(self, state: State) -> None:
+        """Take ``state`` (from ``state_dict()``, a checkpoint, a model file): its arrays must fit
+        ``config.sizes`` and be finite. A state without ``rng`` leaves the shuffling as it is."""
+        sizes, L = self.config.sizes, len(self.config.sizes) - 1
+        groups = {"weights": state.weights, "biases": state.biases}
+        if state.velocity is not None:
+            groups.update(velocity_w=state.velocity[0], velocity_b=state.velocity[1])
+        for name, arrays in groups.items():
+            if len(arrays) != L:
+                raise ValueError(f"{name}: {len(arrays)} layers, but the network has {L}")
+            for l, a in enumerate(arrays):
+                shape = (sizes[l + 1], sizes[l]) if name.endswith(("weights", "_w")) else (sizes[l + 1],)
+                a = np.asarray(a)
+                if a.shape != shape:
+                    raise ValueError(
+                        f"layer {l + 1}: {name} of shape {a.shape}, expected {shape} for sizes {list(sizes)}"
+                    )
+                if a.dtype.kind not in "iuf" or not np.isfinite(a).all():
+                    raise ValueError(f"layer {l + 1}: {name} must be finite real numbers")
+        epochs = state.epochs_trained
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs_trained must be a non-negative integer, got {epochs!r}")
+        s = self._schedule
+        s.set_host("params", state.flat("params"))
+        s.set_host("velocity", state.flat("velocity") if state.velocity is not None else np.zeros(s.params.shape))
+        self.epochs_trained = int(epochs)
+        if state.rng is not None:
+            if state.rng.get("bit_generator") not in BIT_GENERATORS:
+                raise ValueError(f"rng: unknown bit generator {state.rng.get('bit_generator')!r}")
+            generator = getattr(np.random, state.rng["bit_generator"])()
+            generator.state = state.rng
+            self._rng = np.random.Generator(generator)
 
     # -- input checks: once, at the edge -------------------------------------------------------------
     def _inputs(self, X: Any, name: str = "X") -> Any:
@@ -351,6 +356,7 @@ class Network:
         epochs: int = 30,
         batch_size: int = 10,
         lr: float = 3.0,
+        *,
         validation: tuple[Any, Any] | None = None,
         shuffle: bool = True,
         callback: Callable[[int, dict], Any] | None = None,
@@ -378,7 +384,7 @@ class Network:
         samples done a few dozen times an epoch. ``lr_decay`` multiplies the learning rate after
         every epoch (epoch e trains with lr * lr_decay**(e-1)). If the cost or a parameter becomes NaN or inf,
         training stops with ``TrainingDiverged`` and the network keeps the parameters it had at the
-        end of the last finite epoch.
+        end of the last finite epoch. Every argument is checked against ``gpubp.config.PARAMETERS``.
 
         ``validation_split`` f holds out the last round(f n) rows (before shuffling) as validation data.
         Passing ``early_stopping``, ``checkpoint``, ``monitor`` or ``baseline`` tracks the best epoch
@@ -395,75 +401,41 @@ class Network:
         with the same data and settings, ``batch_size`` is the global batch, each rank computes the
         gradients of its share of every batch and one all-reduce sums them (see ``gpubp.distributed``).
         """
-        _check_positive("epochs", epochs, integer=True)
-        _check_positive("batch_size", batch_size, integer=True)
-        _check_positive("lr", lr, integer=False)
-        _check_positive("lr_decay", lr_decay, integer=False)
-        for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-        for name, fn in (("callback", callback), ("progress", progress)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
-        if not (0 <= momentum < 1):
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if not (0 < lr_decay <= 1):
-            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
-        # hold out validation rows; the best-epoch tracker (None unless asked for)
-        X, Y, validation = training.split_validation(X, Y, validation, validation_split)
-        tracker = training.BestModel.for_fit(
-            self, early_stopping, monitor, min_delta, restore_best, checkpoint, baseline, validation is not None
+        h = _checked(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            lr_decay=lr_decay,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            shuffle=shuffle,
+            callback=callback,
+            progress=progress,
         )
-        Xd = self._inputs(X)
+        X, Y, validation = training.split_validation(X, Y, validation, validation_split)
+        tracker = training.BestModel.for_fit(  # None unless one of these asks for it
+            early_stopping, monitor, min_delta, restore_best, checkpoint, baseline, validation is not None
+        )
+        Xd, Yd, val = self._training_data(X, Y, validation)
         n = Xd.shape[0]
-        Yd = self._targets(Y, n)
-        val = None
-        if validation is not None:
-            if len(validation) != 2:
-                raise ValueError("validation must be a pair (X_val, Y_val)")
-            Xv = self._inputs(validation[0], "X_val")
-            val = (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
-
-        batch_size = min(int(batch_size), n)
-        dist = dist_mod.prepare_fit(  # None on one process
-            comm, self._schedule, self.device, rows=n, val_rows=0 if val is None else val[0].shape[0],
-            batch_size=batch_size, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            lr_decay=lr_decay, shuffle=shuffle,
-        )  # fmt: skip
-        self._schedule.execution(batch_size)  # a path that cannot run this batch size fails here, not mid-epoch
+        h["batch_size"] = min(h["batch_size"], n)
+        settings = {k: h[k] for k in ("batch_size", "epochs", "lr", "momentum", "weight_decay", "lr_decay", "shuffle")}
+        val_rows = 0 if val is None else val[0].shape[0]
+        dist = dist_mod.prepare_fit(comm, self._schedule, self.device, rows=n, val_rows=val_rows, **settings)
+        self._schedule.execution(h["batch_size"])  # a path that cannot run this batch size fails here, not mid-epoch
+        best_state = functools.partial(self.state_dict, include_rng=False)
+        if tracker is not None:
+            tracker.begin(best_state)
         history = History(epoch=[], lr=[], loss=[], val_loss=[], val_accuracy=[], seconds=[])
-        s = self._schedule
-        for epoch in range(1, int(epochs) + 1):
+        for epoch in range(1, h["epochs"] + 1):
             t0 = time.perf_counter()
-            order = self._rng.permutation(n) if shuffle else np.arange(n)
-            if dist is not None:  # rank 0's order on every rank
-                dist.broadcast(order)
-            s.save_snapshot()
-            s.reset_cost()
-            epoch_lr = float(lr) * float(lr_decay) ** (epoch - 1)
-            s.train_epoch(Xd, Yd, order, batch_size, epoch_lr, float(momentum), float(weight_decay), progress)
-            cost = s.read_cost()  # also waits for the epoch's kernels to finish
-            if dist is not None:  # the sum over every rank's rows
-                cost = dist.end_epoch(cost)
-            loss = cost / n
-            if not math.isfinite(loss) or s.nonfinite(s.params):
-                s.restore_snapshot()
-                since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch}: the cost or a parameter became NaN or inf "
-                    f"with lr={epoch_lr:g}; the network keeps its parameters from {since}. "
-                    f"Try a smaller learning rate."
-                )
-            self.epochs_trained += 1
-            record = {"epoch": epoch, "lr": epoch_lr, "loss": loss, "val_loss": None, "val_accuracy": None}
+            record = self._train_epoch(Xd, Yd, epoch, h, dist)
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val, dist)
             record["seconds"] = time.perf_counter() - t0
-            stop = tracker is not None and tracker.update(self, record)  # early stopping; adds "improved"
+            stop = tracker is not None and tracker.update(record, best_state)  # early stopping; adds "improved"
             if record.get("improved") and tracker.checkpoint is not None:  # the best model so far, atomically
-                tracker.checkpoint.save(*self._contents(), epoch)
+                tracker.checkpoint.save(self.config, tracker.best_state, epoch)
             for key, value in record.items():
                 history.setdefault(key, []).append(value)
             log.info("epoch %d: %s", epoch, record)
@@ -473,8 +445,44 @@ class Network:
             if stop:
                 break
         if tracker is not None:  # the best epoch into history; restore_best
-            tracker.finish(self, history)
+            tracker.finish(history, self.load_state_dict)
         return history
+
+    def _training_data(self, X: Any, Y: Any, validation: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        """(X, Y, validation) checked and on the device."""
+        Xd = self._inputs(X)
+        Yd = self._targets(Y, Xd.shape[0])
+        if validation is None:
+            return Xd, Yd, None
+        if len(validation) != 2:
+            raise ValueError("validation must be a pair (X_val, Y_val)")
+        Xv = self._inputs(validation[0], "X_val")
+        return Xd, Yd, (Xv, self._targets(validation[1], Xv.shape[0], "Y_val"))
+
+    def _train_epoch(self, Xd: Any, Yd: Any, epoch: int, h: dict[str, Any], dist: Any) -> dict[str, Any]:
+        """One epoch of mini-batch SGD; its record. Diverged: the parameters go back to the epoch's start."""
+        n, s = Xd.shape[0], self._schedule
+        order = self._rng.permutation(n) if h["shuffle"] else np.arange(n)
+        if dist is not None:  # rank 0's order on every rank
+            dist.broadcast(order)
+        s.save_snapshot()
+        s.reset_cost()
+        lr = training.decayed_lr(h["lr"], h["lr_decay"], epoch - 1)
+        s.train_epoch(Xd, Yd, order, h["batch_size"], lr, h["momentum"], h["weight_decay"], h["progress"])
+        cost = s.read_cost()  # also waits for the epoch's kernels to finish
+        if dist is not None:  # the sum over every rank's rows
+            cost = dist.end_epoch(cost)
+        loss = cost / n
+        if not math.isfinite(loss) or s.nonfinite(s.params):
+            s.restore_snapshot()
+            since = f"the end of epoch {epoch - 1}" if epoch > 1 else "before this fit"
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: the cost or a parameter became NaN or inf "
+                f"with lr={lr:g}; the network keeps its parameters from {since}. "
+                f"Try a smaller learning rate."
+            )
+        self.epochs_trained += 1
+        return {"epoch": epoch, "lr": lr, "loss": loss, "val_loss": None, "val_accuracy": None}
 
     @_locked
     def step(self, X: Any, Y: Any, lr: float) -> None:
@@ -485,7 +493,7 @@ class Network:
         stores) is neither read nor changed, so a later ``fit`` goes on with the velocity it had.
         Raises ``TrainingDiverged`` and leaves the network as it was if a parameter became NaN or inf.
         """
-        _check_positive("lr", lr, integer=False)
+        check("lr", lr)
         Xd = self._inputs(X)
         Yd = self._targets(Y, Xd.shape[0])
         s = self._schedule
@@ -565,7 +573,7 @@ class Network:
         ``lr``: "weights_after", "biases_after". Computed by the CPU engine (``kernels.cpu.step``)
         on a float64 copy of the network, the same call that trains it.
         """
-        _check_positive("lr", lr, integer=False)
+        check("lr", lr)
         f64 = self._float64_cpu_copy()
         x = np.asarray(x, dtype=float)
         if x.ndim != 1:
@@ -602,29 +610,10 @@ class Network:
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to ``path`` (.npz) atomically: a temporary file, then a rename.
 
-        The file holds W^l and b^l and, once the network has trained, the velocity of the SGD
-        update (``vw{l}``, ``vb{l}``; the momentum state), like an optimizer's state in a checkpoint.
-        The format is ``gpubp.modelfile``'s."""
-        modelfile.write(path, *self._contents())
-
-    def _contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """What ``save`` writes: the settings, and the arrays by name."""
-        config = {
-            "sizes": self.sizes,
-            "activation": self.activation,
-            "output_activation": self.output_activation,
-            "loss": self.loss,
-            "dtype": self.dtype.name,
-            "epochs_trained": self.epochs_trained,
-        }
-        arrays = {}
-        for l, (w, b) in enumerate(zip(*self._schedule.split(self._schedule.host("params")))):  # one copy to host
-            arrays[f"w{l}"], arrays[f"b{l}"] = w, b
-        velocity = self._schedule.host("velocity")
-        if velocity.any():  # zero until the first update: no need to double the file
-            for l, (vw, vb) in enumerate(zip(*self._schedule.split(velocity))):
-                arrays[f"vw{l}"], arrays[f"vb{l}"] = vw, vb
-        return config, arrays
+        The file holds ``config`` and ``state_dict()`` but the generator: W^l and b^l, ``epochs_trained``
+        and, once the network has trained, the velocity of the SGD update (``vw{l}``, ``vb{l}``; the
+        momentum state), like an optimizer's state in a checkpoint. The format is ``gpubp.modelfile``'s."""
+        modelfile.write(path, self.config, self.state_dict(include_rng=False))
 
     def to_onnx(self, path: str | os.PathLike, dtype: str | None = None) -> None:
         """Write the network to ``path`` as an ONNX model, atomically: one Gemm (Z = A W^T + b) and its
@@ -632,7 +621,7 @@ class Network:
         ``onnx`` extra; see ``gpubp.export``."""
         from .export import to_onnx
 
-        to_onnx(self, path, dtype)
+        to_onnx(self.config, self.state_dict(include_rng=False), path, dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", seed: int | None = 0) -> Network:
@@ -641,21 +630,23 @@ class Network:
         The file is checked before any array is read (``gpubp.modelfile.read``): a file that is
         not a gpubp model raises ``gpubp.BadFile`` (a ValueError) naming it and the problem."""
         model = modelfile.read(path)
-        c = model.config
-        net = cls.from_params(
-            model.weights,
-            model.biases,
-            c["activation"],
-            c["output_activation"],
-            c["loss"],
-            dtype=c["dtype"],
-            device=device,
-            seed=seed,
-        )
-        net.epochs_trained = c["epochs_trained"]
-        if model.velocity is not None:
-            net._schedule.set_host("velocity", np.concatenate([v.ravel() for v in model.velocity]))
-        return net
+        return cls.from_config(model.settings(), model.state(), device=device, seed=seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its settings, its state (the generator's too) and the choices made at
+        construction; device buffers and kernels are made again on unpickling."""
+        s = self._schedule
+        return {
+            "config": self.config,
+            "state": self.state_dict(),
+            "device": self._device,
+            "path": s.path,
+            "tuning": s.tuning,
+        }
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        rng = np.random.default_rng()
+        self._setup(saved["config"], saved["state"], saved["device"], rng, saved["path"], saved["tuning"])
 
 
 def check_gradients(

@@ -34,7 +34,9 @@ try:
 except ImportError as e:
     raise ImportError(f'gpubp.sklearn needs scikit-learn >= 1.6 ({e}): pip install "gpubp[sklearn]"') from None
 
+from .config import check
 from .network import Network
+from .training import decayed_lr
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -49,32 +51,6 @@ def _hidden_sizes(hidden_layer_sizes: Any) -> list[int]:
         if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
             raise ValueError(f"hidden_layer_sizes must hold positive integers, got {hidden_layer_sizes!r}")
     return [int(s) for s in sizes]
-
-
-def _network_state(net: Network) -> dict[str, Any]:
-    """Everything needed to rebuild ``net`` (for pickling): settings, parameters, momentum state, rng."""
-    s = net._schedule
-    velocity = s.split(s.host("velocity"))
-    return {
-        "settings": (net.activation, net.output_activation, net.loss, net.dtype.name),
-        "weights": net.weights,
-        "biases": net.biases,
-        "velocity": velocity,
-        "epochs_trained": net.epochs_trained,
-        "rng": net._rng,
-    }
-
-
-def _network_from_state(state: dict[str, Any], device: str) -> Network:
-    activation, output_activation, loss, dtype = state["settings"]
-    net = Network.from_params(
-        state["weights"], state["biases"], activation, output_activation, loss, dtype=dtype, device=device
-    )
-    vw, vb = state["velocity"]
-    net._schedule.set_host("velocity", np.concatenate([v.ravel() for v in vw] + [v.ravel() for v in vb]))
-    net.epochs_trained = state["epochs_trained"]
-    net._rng = state["rng"]
-    return net
 
 
 class _MLPBase(BaseEstimator):
@@ -134,19 +110,20 @@ class _MLPBase(BaseEstimator):
 
     # -- training -------------------------------------------------------------------------------------
     def _check_params(self) -> list[int]:
-        for name in ("early_stopping", "warm_start", "shuffle"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        v = self.validation_fraction
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
-            raise ValueError(f"validation_fraction must be a fraction in (0, 1), got {v!r}")
-        n = self.n_iter_no_change
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n_iter_no_change must be a positive integer, got {n!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose 'float32' or 'float64'")
+        """The estimator's own parameters, against ``gpubp.config.PARAMETERS`` (``Network`` and its
+        ``fit`` check the rest)."""
+        check("MLP.early_stopping", self.early_stopping, "early_stopping")
+        for name in (
+            "warm_start",
+            "shuffle",
+            "validation_fraction",
+            "n_iter_no_change",
+            "tol",
+            "dtype",
+            "lr",
+            "lr_decay",
+        ):
+            check(name, getattr(self, name))
         return _hidden_sizes(self.hidden_layer_sizes)
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLPBase:
@@ -196,7 +173,7 @@ class _MLPBase(BaseEstimator):
             Y,
             epochs=1 if incremental else self.epochs,
             batch_size=self.batch_size,
-            lr=self.lr * self.lr_decay**net.epochs_trained,  # goes on where an earlier fit left the decay
+            lr=decayed_lr(self.lr, self.lr_decay, net.epochs_trained),  # on where an earlier fit left the decay
             validation=validation,
             shuffle=self.shuffle,
             momentum=self.momentum,
@@ -226,18 +203,6 @@ class _MLPBase(BaseEstimator):
     @staticmethod
     def _n_outputs(Y: np.ndarray) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    # -- pickling: a Network holds device buffers and kernel modules, so it travels as its arrays -----------
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        if "network_" in state:
-            state = dict(state, network_=_network_state(state["network_"]))
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state.get("network_"), dict):
-            state = dict(state, network_=_network_from_state(state["network_"], state["device"]))
-        super().__setstate__(state)
 
 
 class MLPClassifier(ClassifierMixin, _MLPBase):

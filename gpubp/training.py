@@ -5,8 +5,8 @@
 *improves* when its value beats the best so far by more than ``min_delta``. On every improvement
 the tracker
 
-- copies the network's state (parameters, momentum state, ``epochs_trained``) into a buffer on the
-  network's device, and
+- keeps the network's state (``Network.state_dict()``: parameters, momentum state,
+  ``epochs_trained``), and
 - with ``checkpoint``, has ``fit`` write the model to that path as ``Network.save`` does, atomically:
   the file always holds one whole model, the best so far, even if training is killed.
 
@@ -15,33 +15,52 @@ With ``patience`` p, training stops after p epochs in a row without an improveme
 file. ``baseline`` is the value the starting model scores: an epoch must beat it to count as best, and
 if none does, ``restore_best`` returns the network to its state before ``fit`` (``best_epoch`` 0).
 
-``split_validation`` holds out the last rows of the data for ``fit(validation_split=...)``.
+``split_validation`` holds out the last rows of the data for ``fit(validation_split=...)``;
+``History`` is what ``fit`` returns.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from .config import check
 from .modelfile import SavedEpoch
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .network import History, Network
+from .state import State
 
 # The values a tracker can watch, and whether lower ("min") or higher ("max") is better. "epoch"
 # makes every epoch an improvement: the latest model is the one kept (a checkpoint every epoch).
 MONITORS = {"val_loss": "min", "val_accuracy": "max", "loss": "min", "epoch": "max"}
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+class History(dict):
+    """Per-epoch records of ``fit``: lists under "epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds".
+
+    "loss" is the training cost C averaged over the epoch's samples, each sample's C_x measured by
+    the forward pass that trained on it (before its batch's update). The first epoch's "seconds"
+    include compiling the kernels, the first time a process uses them.
+
+    The momentum state persists across ``fit`` calls on one network, like an optimizer's, and
+    ``save`` stores it with the parameters, so a loaded model goes on with the velocity it had.
+
+    When ``fit`` tracks the best epoch (``early_stopping``, ``checkpoint``, ``monitor`` or
+    ``baseline``), each record also has "improved" and these attributes say how it went.
+    """
+
+    # set by BestModel.finish
+    monitor: str | None = None  # the value watched: "val_loss", "val_accuracy", "loss" or "epoch"
+    best_epoch: int | None = None  # the best epoch of this fit (0: the starting model, with a baseline)
+    best_value: float | None = None  # the monitored value of the best epoch
+    stopped_early: bool = False  # whether early_stopping ended fit before `epochs`
+
+
+def decayed_lr(lr: float, lr_decay: float, epochs_before: int) -> float:
+    """The learning rate after ``epochs_before`` epochs of decay: lr * lr_decay**epochs_before."""
+    return float(lr) * float(lr_decay) ** epochs_before
 
 
 def split_validation(X: Any, Y: Any, validation: Any, validation_split: float | None) -> tuple[Any, Any, Any]:
@@ -50,13 +69,11 @@ def split_validation(X: Any, Y: Any, validation: Any, validation_split: float | 
     The rows are taken from the end before any shuffling (as Keras does), so shuffle rows that are
     ordered, e.g. by class, first. Slices of numpy, CuPy and Numba device arrays are views: nothing
     is copied here."""
-    if validation_split is None:
+    fraction = check("validation_split", validation_split)
+    if fraction is None:
         return X, Y, validation
     if validation is not None:
         raise ValueError("pass either validation=(X_val, Y_val) or validation_split, not both")
-    fraction = _number("validation_split", validation_split)
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
     X = X if hasattr(X, "shape") else np.asarray(X)
     Y = Y if hasattr(Y, "shape") else np.asarray(Y)
     n = X.shape[0] if len(X.shape) else 0
@@ -73,15 +90,18 @@ def split_validation(X: Any, Y: Any, validation: Any, validation_split: float | 
 
 
 class BestModel:
-    """Tracks the best epoch of ``fit`` by one monitored value; keeps it, saves it, stops after ``patience``.
+    """Tracks the best epoch of ``fit`` by one monitored value; keeps it, stops after ``patience``.
 
     ``monitor``: "val_loss", "val_accuracy", "loss" or "epoch" (the latest is best). ``patience``:
     stop after this many epochs in a row without improvement (None: never stop early). ``min_delta``:
     how much a value must beat the best by to count as an improvement. ``restore_best``: end with
     the best epoch's state. ``checkpoint``: a path (.npz) that always holds the best model so far,
     or a ``gpubp.modelfile.SavedEpoch`` for one (which then tells, whatever interrupts a save,
-    which epoch the file really holds).
+    which epoch the file really holds); ``fit`` writes it at each improvement.
     ``baseline``: the value of the starting model, to beat (None: the first epoch is the first best).
+
+    The tracker never touches a network: it is handed the state (a ``gpubp.state.State``) by a
+    callable when it needs one, and gives the best one back through another in ``finish``.
     """
 
     def __init__(
@@ -95,16 +115,10 @@ class BestModel:
     ) -> None:
         if monitor not in MONITORS:
             raise ValueError(f"unknown monitor {monitor!r}; choose one of {', '.join(map(repr, MONITORS))}")
-        if patience is not None:
-            if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)):
-                raise TypeError(f"early_stopping (the patience) must be a number of epochs, got {patience!r}")
-            if patience < 1:
-                raise ValueError(f"early_stopping (the patience) must be at least 1 epoch, got {patience!r}")
-        self.min_delta = _number("min_delta", min_delta)
-        if self.min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
-        if not isinstance(restore_best, (bool, np.bool_)):
-            raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
+        self.patience = check("early_stopping", patience)
+        self.min_delta = check("min_delta", min_delta)
+        self.restore_best = check("restore_best", restore_best)
+        self.baseline = check("baseline", baseline)
         if checkpoint is not None and not isinstance(checkpoint, SavedEpoch):
             path = os.fspath(checkpoint)
             folder = os.path.dirname(os.path.abspath(path))
@@ -114,21 +128,17 @@ class BestModel:
                 raise ValueError(f"checkpoint {path} is a folder; give a file name such as best.npz")
             checkpoint = SavedEpoch(path)
         self.monitor = monitor
-        self.patience = None if patience is None else int(patience)
-        self.restore_best = bool(restore_best)
         self.checkpoint = checkpoint
-        self.baseline = None if baseline is None else _number("baseline", baseline)
         self.lower_is_better = MONITORS[monitor] == "min"
         self.best_value = math.nan
         self.best_epoch: int | None = None
+        self.best_state: State | None = None  # kept for restore_best and the checkpoint
         self.waited = 0  # epochs since the last improvement
         self.stopped_early = False
-        self._best_state: tuple[Any, Any, int] | None = None
 
     @classmethod
     def for_fit(
         cls,
-        net: Network,
         early_stopping: int | None,
         monitor: str,
         min_delta: float,
@@ -137,13 +147,13 @@ class BestModel:
         baseline: float | None,
         has_validation: bool,
     ) -> BestModel | None:
-        """The tracker for ``fit``'s arguments, ready to watch ``net``; None when none of them asks for one.
+        """The tracker for ``fit``'s arguments; None when none of them asks for one.
 
         ``monitor="auto"`` watches "val_loss" when there is validation data, else "loss"."""
+        check("monitor", monitor)
         if early_stopping is None and checkpoint is None and monitor == "auto" and baseline is None:
-            if not isinstance(restore_best, (bool, np.bool_)):
-                raise TypeError(f"restore_best must be True or False, got {restore_best!r}")
-            _number("min_delta", min_delta)
+            check("restore_best", restore_best)
+            check("min_delta", min_delta)
             return None
         if monitor == "auto":
             monitor = "val_loss" if has_validation else "loss"
@@ -151,21 +161,16 @@ class BestModel:
             raise ValueError(
                 f"monitor={monitor!r} needs validation data: pass validation=(X_val, Y_val) or validation_split"
             )
-        tracker = cls(monitor, early_stopping, min_delta, restore_best, checkpoint, baseline)
-        tracker.begin(net)
-        return tracker
+        return cls(monitor, early_stopping, min_delta, restore_best, checkpoint, baseline)
 
-    def begin(self, net: Network) -> None:
-        """Start watching: with a baseline, the starting model is the best so far (epoch 0)."""
-        self.best_value = math.nan
-        self.best_epoch = None
-        self.waited = 0
-        self.stopped_early = False
-        self._best_state = None
+    def begin(self, state: Callable[[], State]) -> None:
+        """Start watching: with a baseline, the starting model (``state()``) is the best so far (epoch 0)."""
+        self.best_value, self.best_epoch, self.best_state = math.nan, None, None
+        self.waited, self.stopped_early = 0, False
         if self.baseline is not None:
             self.best_value, self.best_epoch = self.baseline, 0
             if self.restore_best:
-                self._best_state = _copy_state(net)
+                self.best_state = state()
 
     def improves(self, value: float | None) -> bool:
         """Whether ``value`` beats the best so far by more than min_delta (NaN and None never do)."""
@@ -177,35 +182,26 @@ class BestModel:
             return value < self.best_value - self.min_delta
         return value > self.best_value + self.min_delta
 
-    def update(self, net: Network, record: dict) -> bool:
-        """Judge one epoch's ``record`` (adds ``record["improved"]``); keep its state if best. True: stop now."""
+    def update(self, record: dict, state: Callable[[], State]) -> bool:
+        """Judge one epoch's ``record`` (adds ``record["improved"]``); keep ``state()`` if it is the
+        best (for restore_best or the checkpoint). True: stop now."""
         value = record[self.monitor]
         improved = self.improves(value)
         record["improved"] = improved
         if improved:
             self.best_value, self.best_epoch, self.waited = float(value), int(record["epoch"]), 0
-            if self.restore_best:
-                self._best_state = _copy_state(net, self._best_state)
+            if self.restore_best or self.checkpoint is not None:
+                self.best_state = state()
         else:
             self.waited += 1
         self.stopped_early = self.patience is not None and self.waited >= self.patience
         return self.stopped_early
 
-    def finish(self, net: Network, history: History) -> None:
-        """Write the outcome into ``history`` and, with restore_best, put the best state back into ``net``."""
+    def finish(self, history: History, restore: Callable[[State], None]) -> None:
+        """Write the outcome into ``history`` and, with restore_best, hand the best state to ``restore``."""
         history.monitor = self.monitor
         history.best_epoch = self.best_epoch
         history.best_value = None if math.isnan(self.best_value) else self.best_value
         history.stopped_early = self.stopped_early
-        if self.restore_best and self._best_state is not None:
-            _put_state(net, self._best_state)
-
-
-# The network's whole training state, copied on its own device (no trip through host memory on a GPU).
-def _copy_state(net: Network, into: tuple[Any, Any, int] | None = None) -> tuple[Any, Any, int]:
-    return (*net._schedule.state(None if into is None else into[:2]), net.epochs_trained)
-
-
-def _put_state(net: Network, state: tuple[Any, Any, int]) -> None:
-    net._schedule.set_state(state[:2])
-    net.epochs_trained = state[2]
+        if self.restore_best and self.best_state is not None:
+            restore(self.best_state)

@@ -94,7 +94,8 @@ def test_saved_epoch_is_what_the_file_holds(tmp_path, monkeypatch, after_rename)
 
     monkeypatch.setattr(modelfile, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
-        saved.save(*gpubp.Network([2, 2], device="cpu")._contents(), 2)
+        net = gpubp.Network([2, 2], device="cpu")
+        saved.save(net.config, net.state_dict(), 2)
     assert saved.epoch == (2 if after_rename else 1)
     assert saved.unfinished == (None if after_rename else 2)
 

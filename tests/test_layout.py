@@ -49,3 +49,44 @@ def test_the_check_sees_an_upward_import(tmp_path):
     source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .network import Network\n"
                       "def f():\n    from .schedule import Schedule\n")  # fmt: skip
     assert imported_modules(source) == {"schedule"}
+
+
+def test_training_and_the_network_do_not_import_each_other():
+    """training takes the network's state through callables: it imports nothing of network, not even
+    for annotations (and so, with network importing training, there is no cycle)."""
+    source = (ROOT / "gpubp" / "training.py").read_text()
+    names = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.level == 1}
+    assert "network" not in names and "cli" not in names
+
+
+def private_names_of_others(path: Path) -> list[str]:
+    """``obj._name`` uses in ``path`` of a private name the file does not define itself (as a
+    function, a class attribute or ``self._name``): another module's private names."""
+    tree = ast.parse(path.read_text())
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            own.add(node.attr)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            own.update(t.id for t in targets if isinstance(t, ast.Name))
+    used = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if node.attr not in own:
+                used.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    return used
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gpubp").glob("*.py")), ids=lambda p: p.name)
+def test_no_module_uses_another_modules_private_names(path):
+    assert private_names_of_others(path) == []
+
+
+def test_the_private_name_check_sees_one(tmp_path):
+    source = tmp_path / "m.py"
+    code = ["class A:", "    def _mine(self):", "        self._x = 1", "", "def f(a, net):", "    a._mine()"]
+    source.write_text("\n".join([*code, "    a._x", "    return net._schedule", ""]))
+    assert private_names_of_others(source) == ["m.py:8: ._schedule"]
