@@ -46,6 +46,7 @@ after the call returns and are not watched: there, the launcher's clean-up ends 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import io
 import logging
 import os
@@ -57,6 +58,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import numpy as np
+
+from .state import State
 
 log = logging.getLogger("gpubp")
 
@@ -275,6 +278,16 @@ class Communicator:
             self._collective("a broadcast from rank 0", self.comm.Bcast, host, 0)
             buffer.copy_to_device(host)
 
+    def broadcast_state(self, state: State) -> State:
+        """Rank 0's parameters and momentum state (a ``gpubp.state.State`` of host arrays) on every rank."""
+        velocity = state.velocity or (
+            [np.zeros_like(w) for w in state.weights],
+            [np.zeros_like(b) for b in state.biases],
+        )
+        for array in [*state.weights, *state.biases, *velocity[0], *velocity[1]]:
+            self.broadcast(np.ascontiguousarray(array))
+        return dataclasses.replace(state, velocity=velocity)
+
     def zero(self, buffer: Any) -> None:
         """buffer <- 0: a rank with no rows in a batch adds zeros to the sum."""
         if isinstance(buffer, np.ndarray):
@@ -395,10 +408,10 @@ def init(comm: Any = None, abort_on_error: bool = True, timeout: float | None = 
 
 
 def prepare_fit(comm: Any, schedule: Any, device: str, **settings: float) -> Communicator | None:
-    """Set ``schedule`` up for a fit over ``comm`` (None: one process): choose the transport,
-    check that every rank has the same ``settings``, and broadcast the parameters and the momentum
-    state from rank 0. Collective. Returns the Communicator or None. (With a Communicator set, the
-    schedule runs one call per step, or says why the path cannot: ``schedule.choose``.)"""
+    """Set ``schedule`` up for a fit over ``comm`` (None: one process): choose the transport and
+    check that every rank has the same ``settings``. Collective. Returns the Communicator or None;
+    the caller then takes rank 0's state by ``Communicator.broadcast_state``. (With a Communicator
+    set, the schedule runs one call per step, or says why the path cannot: ``schedule.choose``.)"""
     dist = communicator(comm)
     schedule.dist = dist
     if dist is None:
@@ -406,8 +419,6 @@ def prepare_fit(comm: Any, schedule: Any, device: str, **settings: float) -> Com
     params = schedule.params
     dist.agree(path=_path_code(schedule.path), parameters=params.size, itemsize=params.dtype.itemsize, **settings)
     dist.attach(device)
-    dist.broadcast(schedule.params)
-    dist.broadcast(schedule.velocity)
     dist.rows = 0
     return dist
 

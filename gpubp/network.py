@@ -378,28 +378,20 @@ class Network:
 
         Each epoch shuffles the rows (if ``shuffle``) and, for every mini-batch of ``batch_size``
         rows, does ``W <- W - lr * dC/dW`` and ``b <- b - lr * dC/db`` for the cost averaged over
-        the batch. With ``momentum`` mu and ``weight_decay`` lambda (L2, weights only):
-        ``v <- mu v - lr (dC/dW + lambda W); W <- W + v``. ``callback(epoch, record)`` runs after
-        each epoch and stops training by returning False; ``progress(done, total)`` is told the
-        samples done a few dozen times an epoch. ``lr_decay`` multiplies the learning rate after
-        every epoch (epoch e trains with lr * lr_decay**(e-1)). If the cost or a parameter becomes NaN or inf,
-        training stops with ``TrainingDiverged`` and the network keeps the parameters it had at the
-        end of the last finite epoch. Every argument is checked against ``gpubp.config.PARAMETERS``.
+        the batch; with ``momentum`` mu and ``weight_decay`` lambda (L2, weights only),
+        ``v <- mu v - lr (dC/dW + lambda W); W <- W + v``. Epoch e trains with lr * lr_decay**(e-1).
+        ``callback(epoch, record)`` runs after each epoch and stops training by returning False;
+        ``progress(done, total)`` hears of the samples done a few dozen times an epoch. Arguments are
+        checked against ``gpubp.config.PARAMETERS`` before any work. If the cost or a parameter
+        becomes NaN or inf: ``TrainingDiverged``, and the parameters of the last finite epoch.
 
-        ``validation_split`` f holds out the last round(f n) rows (before shuffling) as validation data.
-        Passing ``early_stopping``, ``checkpoint``, ``monitor`` or ``baseline`` tracks the best epoch
-        by ``monitor`` ("val_loss", "val_accuracy", "loss", or "epoch": the latest; "auto": "val_loss"
-        with validation data, else "loss"); an epoch improves when it beats the best by more than
-        ``min_delta``. ``early_stopping=p`` stops after p epochs in a row without improvement;
-        ``checkpoint=PATH`` keeps the best model so far in PATH (written by ``save``, atomically, at
-        each improvement); ``restore_best`` ends with the best epoch's parameters, momentum state and
-        ``epochs_trained``; ``baseline`` is the value of the starting model, to be beaten. See
-        ``gpubp.training``.
-
-        ``comm`` (an mpi4py communicator, or a ``gpubp.distributed.Communicator`` from
-        ``gpubp.distributed.init()``) trains data-parallel over its ranks: every rank calls ``fit``
-        with the same data and settings, ``batch_size`` is the global batch, each rank computes the
-        gradients of its share of every batch and one all-reduce sums them (see ``gpubp.distributed``).
+        ``validation_split`` f holds out the last round(f n) rows (before shuffling). ``early_stopping``
+        (a patience), ``checkpoint`` (a path: the best model so far, saved atomically), ``monitor``
+        ("val_loss", "val_accuracy", "loss", "epoch"; "auto": "val_loss" with validation data, else
+        "loss"), ``min_delta``, ``restore_best`` and ``baseline`` track the best epoch: see
+        ``gpubp.training``. ``comm`` (mpi4py, or ``gpubp.distributed.init()``) trains data-parallel:
+        every rank calls ``fit`` with the same data and settings, ``batch_size`` is the global batch
+        and one all-reduce sums the ranks' gradients (see ``gpubp.distributed``).
         """
         h = _checked(
             epochs=epochs,
@@ -419,9 +411,7 @@ class Network:
         Xd, Yd, val = self._training_data(X, Y, validation)
         n = Xd.shape[0]
         h["batch_size"] = min(h["batch_size"], n)
-        settings = {k: h[k] for k in ("batch_size", "epochs", "lr", "momentum", "weight_decay", "lr_decay", "shuffle")}
-        val_rows = 0 if val is None else val[0].shape[0]
-        dist = dist_mod.prepare_fit(comm, self._schedule, self.device, rows=n, val_rows=val_rows, **settings)
+        dist = self._distributed(comm, n, 0 if val is None else val[0].shape[0], h)  # None on one process
         self._schedule.execution(h["batch_size"])  # a path that cannot run this batch size fails here, not mid-epoch
         best_state = functools.partial(self.state_dict, include_rng=False)
         if tracker is not None:
@@ -433,20 +423,34 @@ class Network:
             if val is not None:
                 record["val_loss"], record["val_accuracy"] = self._evaluate(*val, dist)
             record["seconds"] = time.perf_counter() - t0
-            stop = tracker is not None and tracker.update(record, best_state)  # early stopping; adds "improved"
-            if record.get("improved") and tracker.checkpoint is not None:  # the best model so far, atomically
-                tracker.checkpoint.save(self.config, tracker.best_state, epoch)
-            for key, value in record.items():
-                history.setdefault(key, []).append(value)
-            log.info("epoch %d: %s", epoch, record)
-            stop = (callback is not None and callback(epoch, dict(record)) is False) or stop
-            if dist is not None:  # every rank stops when one does
-                stop = dist.any(stop)
-            if stop:
+            if self._end_epoch(record, history, tracker, best_state, h["callback"], dist):
                 break
         if tracker is not None:  # the best epoch into history; restore_best
             tracker.finish(history, self.load_state_dict)
         return history
+
+    def _distributed(self, comm: Any, rows: int, val_rows: int, h: dict[str, Any]) -> Any:
+        """The Communicator of a distributed fit, every rank's settings checked to agree and rank 0's
+        parameters and momentum state taken; None on one process."""
+        settings = {k: h[k] for k in ("batch_size", "epochs", "lr", "momentum", "weight_decay", "lr_decay", "shuffle")}
+        dist = dist_mod.prepare_fit(comm, self._schedule, self.device, rows=rows, val_rows=val_rows, **settings)
+        if dist is not None:
+            self.load_state_dict(dist.broadcast_state(self.state_dict(include_rng=False)))
+        return dist
+
+    def _end_epoch(
+        self, record: dict, history: History, tracker: Any, best_state: Callable, callback: Any, dist: Any
+    ) -> bool:
+        """Judge the epoch (early stopping, the checkpoint), add it to ``history``, tell ``callback``;
+        True: stop (on every rank when one stops)."""
+        stop = tracker is not None and tracker.update(record, best_state)  # adds "improved"
+        if record.get("improved") and tracker.checkpoint is not None:  # the best model so far, atomically
+            tracker.checkpoint.save(self.config, tracker.best_state, record["epoch"])
+        for key, value in record.items():
+            history.setdefault(key, []).append(value)
+        log.info("epoch %d: %s", record["epoch"], record)
+        stop = (callback is not None and callback(record["epoch"], dict(record)) is False) or stop
+        return dist.any(stop) if dist is not None else stop
 
     def _training_data(self, X: Any, Y: Any, validation: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
         """(X, Y, validation) checked and on the device."""

@@ -90,3 +90,34 @@ def test_the_private_name_check_sees_one(tmp_path):
     code = ["class A:", "    def _mine(self):", "        self._x = 1", "", "def f(a, net):", "    a._mine()"]
     source.write_text("\n".join([*code, "    a._x", "    return net._schedule", ""]))
     assert private_names_of_others(source) == ["m.py:8: ._schedule"]
+
+
+def long_functions(paths: list[Path], limit: int = 80) -> list[str]:
+    """Functions (docstrings and signatures included) longer than ``limit`` lines."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= limit:
+                found.append(f"{path.name}: {node.name} is {node.end_lineno - node.lineno + 1} lines")
+    return found
+
+
+def test_no_driver_function_is_longer_than_80_lines():
+    assert long_functions(sorted((ROOT / "gpubp").glob("*.py"))) == []
+
+
+def test_no_kernel_call_passes_more_than_12_arguments():
+    """The network's arrays and the work buffers travel as two structs, not twenty arguments."""
+    crowded = []
+    for path in [*(ROOT / "gpubp").glob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and len(node.args) + len(node.keywords) > 12:
+                crowded.append(f"{path.name}:{node.lineno}")
+    assert crowded == []
+
+
+def test_no_formatting_is_switched_off():
+    """Code that ruff format cannot lay out well is code to restructure, not to skip."""
+    paths = [*(ROOT / "gpubp").glob("*.py"), *(ROOT / "kernels").rglob("*.py")]
+    marks = ("fmt: " + "skip", "fmt: " + "off")  # spelled apart, so this file is not one of them
+    assert [p.name for p in paths if any(mark in p.read_text() for mark in marks)] == []
