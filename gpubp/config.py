@@ -120,10 +120,12 @@ PARAMETERS: dict[str, Param] = {
 }
 
 
-def check(key: str, value: Any, name: str | None = None) -> Any:
+def check(key: str, value: Any, name: str | None = None, text: str | None = None) -> Any:
     """``value`` checked against ``PARAMETERS[key]`` and normalised (a Python int, float or bool);
-    ``InvalidParameter`` naming ``name`` (default: the key) and what it accepts otherwise."""
+    ``InvalidParameter`` naming ``name`` (default: the key), what it accepts and what it got (the
+    ``text`` the value was read from, if any) otherwise."""
     p, name = PARAMETERS[key], name or key
+    got = repr(value) if text is None else repr(text)
     if value is None and p.none:
         return None
     if p.kind == "choice":
@@ -133,15 +135,15 @@ def check(key: str, value: Any, name: str | None = None) -> Any:
     if p.kind == "callable":
         if callable(value):
             return value
-        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     if p.kind == "bool":
         if isinstance(value, (bool, np.bool_)):
             return bool(value)
-        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     real = integral or isinstance(value, (float, np.floating))
     if not (integral if p.kind == "int" else real):
-        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     v = int(value) if p.kind == "int" else float(value)
     ok = math.isfinite(v)
     if ok and p.low is not None:
@@ -149,7 +151,7 @@ def check(key: str, value: Any, name: str | None = None) -> Any:
     if ok and p.high is not None:
         ok = v < p.high if p.high_open else v <= p.high
     if not ok:
-        raise InvalidParameter(f"{name} must be {p.what}, got {value!r}")
+        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     return v
 
 
@@ -162,7 +164,7 @@ def parse(key: str, text: str, name: str | None = None) -> Any:
             value = int(text) if p.kind == "int" else float(text)
         except ValueError:
             raise InvalidParameter(f"{name or key} must be {p.what}, got {text!r}") from None
-    return check(key, value, name)
+    return check(key, value, name, text)
 
 
 def check_sizes(sizes: Any) -> tuple[int, ...]:
