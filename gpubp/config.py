@@ -10,6 +10,7 @@ value with the same words: "lr must be a positive number, got -1".
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,7 +29,7 @@ class InvalidParameter(ValueError, TypeError):
 class Param:
     """One parameter's type and range.
 
-    ``kind``: "int", "real", "bool", "choice" or "callable". For numbers, ``low``/``high`` bound the
+    ``kind``: "int", "real", "bool", "choice", "callable" or "path". For numbers, ``low``/``high`` bound the
     value (``low_open``/``high_open`` exclude the bound; a real is always finite). ``choices`` for
     "choice". ``none``: None is accepted too (and means "not used").
     """
@@ -48,6 +49,8 @@ class Param:
             words = "True or False"
         elif self.kind == "callable":
             words = "a callable"
+        elif self.kind == "path":
+            words = "a file path"
         elif self.kind == "choice":
             words = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
@@ -109,6 +112,7 @@ PARAMETERS: dict[str, Param] = {
     "min_delta": _real(0),
     "restore_best": _flag,
     "baseline": _real(none=True),
+    "checkpoint": Param("path", none=True),
     # the estimators' own (gpubp.sklearn); their early_stopping is a switch, not a patience
     "MLP.early_stopping": _flag,
     "validation_fraction": _fraction,
@@ -132,6 +136,10 @@ def check(key: str, value: Any, name: str | None = None, text: str | None = None
         if isinstance(value, str) and value in p.choices:
             return value
         raise InvalidParameter(f"unknown {name} {value!r}; choose {p.what}")
+    if p.kind == "path":
+        if isinstance(value, (str, os.PathLike)):
+            return value
+        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     if p.kind == "callable":
         if callable(value):
             return value

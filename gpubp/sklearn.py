@@ -40,6 +40,10 @@ from .training import decayed_lr
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
+# The parameters checked against gpubp.config.PARAMETERS before a fit changes anything.
+CHECKED = ("activation", "output_activation", "init", "dtype", "device", "epochs", "batch_size", "lr", "momentum")
+CHECKED += ("weight_decay", "lr_decay", "shuffle", "validation_fraction", "n_iter_no_change", "tol", "warm_start")
+
 
 def _hidden_sizes(hidden_layer_sizes: Any) -> list[int]:
     sizes = [hidden_layer_sizes] if isinstance(hidden_layer_sizes, numbers.Integral) else hidden_layer_sizes
@@ -110,23 +114,24 @@ class _MLPBase(BaseEstimator):
 
     # -- training -------------------------------------------------------------------------------------
     def _check_params(self) -> list[int]:
-        """The estimator's own parameters, against ``gpubp.config.PARAMETERS`` (``Network`` and its
-        ``fit`` check the rest)."""
+        """Every parameter against ``gpubp.config.PARAMETERS``, before anything changes, so a refused
+        refit leaves the estimator as it was; the hidden layer sizes."""
         check("MLP.early_stopping", self.early_stopping, "early_stopping")
-        for name in (
-            "warm_start",
-            "shuffle",
-            "validation_fraction",
-            "n_iter_no_change",
-            "tol",
-            "dtype",
-            "lr",
-            "lr_decay",
-        ):
+        for name in CHECKED:
             check(name, getattr(self, name))
         return _hidden_sizes(self.hidden_layer_sizes)
 
     def _fit(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLPBase:
+        """``_train``; an estimator whose fit is refused (a bad parameter, bad data) is left as it was."""
+        before = dict(self.__dict__)
+        try:
+            return self._train(X, y, incremental, classes)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _train(self, X: Any, y: Any, incremental: bool, classes: Any = None) -> _MLPBase:
         hidden = self._check_params()
         first = not hasattr(self, "network_") or not (incremental or self.warm_start)
         X, y = validate_data(

@@ -120,12 +120,14 @@ class BestModel:
         self.restore_best = check("restore_best", restore_best)
         self.baseline = check("baseline", baseline)
         if checkpoint is not None and not isinstance(checkpoint, SavedEpoch):
-            path = os.fspath(checkpoint)
+            path = os.fspath(check("checkpoint", checkpoint))
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"checkpoint {path}: the folder {folder} does not exist")
             if os.path.isdir(path):
                 raise ValueError(f"checkpoint {path} is a folder; give a file name such as best.npz")
+            if not os.access(folder, os.W_OK | os.X_OK):  # refused now, not after the first epoch
+                raise PermissionError(f"checkpoint {path}: the folder {folder} is not writable")
             checkpoint = SavedEpoch(path)
         self.monitor = monitor
         self.checkpoint = checkpoint

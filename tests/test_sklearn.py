@@ -173,3 +173,14 @@ def test_partial_fit_labels():
         clf.partial_fit(X[:2], [0, 7])
     with pytest.raises(ValueError, match="differs from the classes of the first fit"):
         clf.partial_fit(X, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-1.0), dict(momentum=2.0), dict(batch_size=0), dict(activation="swish")])
+def test_a_refused_refit_leaves_the_estimator_as_it_was(bad):
+    """Refit with new labels and a bad setting: refused before classes_ or network_ change."""
+    X = np.arange(12.0).reshape(6, 2)
+    est = MLPClassifier((3,), epochs=2, device="cpu", random_state=0).fit(X, np.array([0, 1, 0, 1, 0, 1]))
+    classes, network = est.classes_, est.network_
+    with pytest.raises(ValueError):
+        est.set_params(**bad).fit(X, np.array([5, 6, 7, 5, 6, 7]))
+    assert est.classes_ is classes and est.network_ is network

@@ -211,6 +211,8 @@ def test_restore_on_the_gpu_keeps_the_best_epoch():
         (dict(monitor="loss", baseline=float("nan")), ValueError, "baseline must be None or a finite number"),
         (dict(restore_best="yes"), TypeError, "restore_best must be True or False"),
         (dict(checkpoint="/no/such/folder/m.npz"), FileNotFoundError, "does not exist"),
+        (dict(checkpoint=True), TypeError, "checkpoint must be None or a file path, got True"),
+        (dict(monitor=["loss"]), ValueError, r"unknown monitor \['loss'\]"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(kwargs, error, match, tmp_path):
@@ -226,3 +228,13 @@ def test_bad_arguments_are_refused_before_any_work(kwargs, error, match, tmp_pat
 def test_checkpoint_that_is_a_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         BestModel("loss", checkpoint=tmp_path)
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """As os.access says for the user (root writes anywhere, so the test asks it to say no)."""
+    X, y, _ = make_data(n=20)
+    net = gpubp.Network([4, 6, 3], seed=1, **KW)
+    monkeypatch.setattr("gpubp.training.os.access", lambda path, mode: False)
+    with pytest.raises(PermissionError, match="is not writable"):
+        net.fit(X, y, epochs=2, **FIT, checkpoint=tmp_path / "best.npz")
+    assert net.epochs_trained == 0
