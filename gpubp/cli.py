@@ -25,28 +25,31 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from tqdm import tqdm
 
+from . import Network, TrainingDiverged, __version__, device_report
 from . import data as gdata
-from . import modelfile
+from .config import PARAMETERS, InvalidParameter, parse
+from .distributed import run_command
 from .modelfile import SavedEpoch
+from .trace import cmd_trace
+from .training import decayed_lr
 
 PROG = "gpubp"
 TEXTBOOK_HIDDEN = [30]
-
-# The textbook worked example (Matt Mazur, "A Step by Step Backpropagation Example"): the 2-2-2
-# network `gpubp trace` shows when given neither --weights nor --seed.
-WORKED_EXAMPLE = {
-    "weights": [[[0.15, 0.20], [0.25, 0.30]], [[0.40, 0.45], [0.50, 0.55]]],
-    "biases": [[0.35, 0.35], [0.60, 0.60]],
-}
+HISTORY = ("epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds")  # fit's record of each epoch
 
 
-class UsageError(Exception):
+class UsageError(argparse.ArgumentError):
     """An impossible combination of options: reported like argparse's own errors (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
 
 
 class ModelMismatch(ValueError):
@@ -67,7 +70,7 @@ def _interrupt_status(e: BaseException) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Argument types
+# Options
 # ----------------------------------------------------------------------------------------------
 
 
@@ -91,212 +94,140 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
-def _number(convert: Any, ok: Any, what: str) -> Any:
-    """An argparse type: ``convert`` the text and accept the value only where ``ok`` holds."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):  # NaN fails every comparison, so it is refused too
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
-_momentum = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-_lr_decay = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-_non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
-
-
 def _name(text: str) -> str:
     """A name with '-' read as '_' (cross-entropy = cross_entropy)."""
     return text.strip().lower().replace("-", "_")
 
 
-def _names() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    from .losses import ACTIVATIONS, LOSSES
-    from .network import DTYPES, INITS
+def _checked(key: str) -> Callable[[str], Any]:
+    """An argparse type reading ``PARAMETERS[key]`` (``config.parse``): a bad value is refused in
+    the words ``Network.fit`` uses, e.g. "epochs must be a positive integer, got 0"."""
 
-    return ACTIVATIONS, LOSSES, INITS, DTYPES
-
-
-# ----------------------------------------------------------------------------------------------
-# The parser
-# ----------------------------------------------------------------------------------------------
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--dataset",
-        choices=gdata.DATASETS,
-        default=None,
-        help="a named data set (default: fashion-mnist)",
-    )
-    g.add_argument(
-        "--data",
-        metavar="PATH",
-        help="a folder of IDX files in the MNIST layout (train-images-idx3-ubyte[.gz], ...), "
-        "or an .npz with X and y (optionally X_test, y_test)",
-    )
-
-
-def _add_device_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device",
-        choices=("auto", "cuda", "cpu"),
-        default="auto",
-        help="where the kernels run; auto: CUDA on a real GPU, else the CPU (default: auto)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``gpubp`` command and its subcommands."""
-    activations, losses, inits, dtypes = _names()
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train multilayer perceptrons by backpropagation with Numba kernels (CUDA or CPU).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    # -- train
-    p = sub.add_parser(
-        "train",
-        help="train a network (defaults: the textbook Fashion-MNIST run)",
-        description="Train a network by mini-batch SGD. The defaults reproduce the textbook run: "
-        "Fashion-MNIST (50,000 / 10,000 / 10,000), 784,30,10, sigmoid, quadratic cost, "
-        "batch 10, lr 3.0, 30 epochs.",
-    )
-    _add_data_options(p)
-    arch = p.add_mutually_exclusive_group()
-    arch.add_argument("--sizes", type=_int_list, help="all layer sizes, e.g. 784,30,10")
-    arch.add_argument(
-        "--hidden",
-        type=_int_list,
-        help="hidden layer sizes, e.g. 30 or 100,30; inputs and outputs come from the data (default: 30)",
-    )
-    p.add_argument("--activation", type=_name, choices=activations, help="hidden layers (default: sigmoid)")
-    p.add_argument("--output-activation", type=_name, choices=activations, help="output layer (default: --activation)")
-    p.add_argument("--loss", type=_name, choices=losses, help="the cost (default: quadratic)")
-    p.add_argument("--init", choices=inits, help="weight initialisation (default: scaled, N(0, 1/n_in))")
-    p.add_argument("--dtype", choices=dtypes, help="float32 or float64 (default: float32)")
-    p.add_argument("--epochs", type=_positive_int, default=30, help="default: 30")
-    p.add_argument("--batch-size", type=_positive_int, default=10, help="default: 10")
-    p.add_argument("--lr", type=_positive_float, default=3.0, help="learning rate (default: 3.0)")
-    p.add_argument("--lr-decay", type=_lr_decay, default=1.0, help="multiply lr by this after each epoch (default: 1)")
-    p.add_argument("--momentum", type=_momentum, default=0.0, help="in [0, 1) (default: 0)")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default: 0)")
-    _add_device_option(p)
-    p.add_argument("--save", metavar="PATH", help="keep the best model by validation accuracy here (.npz)")
-    p.add_argument(
-        "--early-stopping",
-        type=_positive_int,
-        metavar="EPOCHS",
-        help="stop after this many epochs in a row without a better validation accuracy",
-    )
-    p.add_argument(
-        "--resume",
-        metavar="PATH",
-        help="continue training a saved model (its layers, activations, loss and dtype)",
-    )
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (matplotlib)")
-    p.add_argument("--json", action="store_true", help="print one JSON summary at the end (to stdout)")
-    p.add_argument(  # distributed:
-        "--distributed",
-        action="store_true",
-        help="data-parallel over the ranks of mpiexec (gpubp[mpi]); --batch-size is the global batch",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the progress bar within each epoch (default: when stderr is a terminal)",
-    )
-    p.set_defaults(func=cmd_train)
-
-    # -- evaluate
-    p = sub.add_parser("evaluate", help="loss and accuracy of a saved model on a test set")
-    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save`")
-    _add_data_options(p)
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default: test)")
-    _add_device_option(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_evaluate)
-
-    # -- predict
-    p = sub.add_parser("predict", help="predicted labels of a saved model, one per line")
-    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save`")
-    p.add_argument(
-        "--data", metavar="FILE", required=True, help="rows to classify: .npy, .npz (array X) or an IDX file"
-    )
-    p.add_argument("--out", metavar="FILE", help="write the labels here (.npy if the name ends so) not stdout")
-    _add_device_option(p)
-    p.set_defaults(func=cmd_predict)
-
-    # -- trace
-    p = sub.add_parser(
-        "trace",
-        help="one forward and one backward pass on one sample, every quantity printed",
-        description="Print every quantity of one forward and one backward pass, layer by layer, like a "
-        "textbook worked example. With neither --weights nor --seed, the 2,2,2 network is Matt "
-        "Mazur's worked example (w = .15 .20 .25 .30 / .40 .45 .50 .55, b = .35 / .60).",
-    )
-    p.add_argument("--sizes", type=_int_list, default=None, help="layer sizes (default: 2,2,2)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="an .npz with w0, b0, w1, b1, ... (w{l} is layer l+1's (n_out, n_in) matrix): "
-        "a model saved by gpubp, or arrays of your own",
-    )
-    src.add_argument("--seed", type=int, help="random initial weights from this seed")
-    p.add_argument("--x", type=_float_list, default=None, help="the input (default: 0.05,0.10)")
-    p.add_argument("--y", type=_float_list, default=None, help="the target (default: 0.01,0.99)")
-    p.add_argument("--lr", type=_positive_float, default=0.5, help="learning rate of the update (default: 0.5)")
-    p.add_argument("--activation", type=_name, choices=activations, help="hidden layers (default: sigmoid)")
-    p.add_argument("--output-activation", type=_name, choices=activations, help="default: --activation")
-    p.add_argument("--loss", type=_name, choices=losses, help="the cost (default: quadratic)")
-    p.add_argument("--precision", type=_positive_int, default=8, help="digits after the point (default: 8)")
-    p.set_defaults(func=cmd_trace)
-
-    # -- export (issue 15)
-    p = sub.add_parser(
-        "export",
-        help="write a saved model as ONNX (one Gemm and its activation per layer)",
-        description="Write a model saved by gpubp as an ONNX model for onnxruntime and other runtimes: "
-        "input X (N, inputs), output Y (N, outputs), the output activations. Needs the onnx extra.",
-    )
-    p.add_argument("model", metavar="MODEL", help="a model written by `gpubp train --save` (.npz)")
-    p.add_argument("out", metavar="OUT", help="the ONNX file to write (e.g. model.onnx)")
-    p.add_argument("--dtype", choices=dtypes, help="of the weights, input and output (default: the model's)")
-    p.set_defaults(func=cmd_export)
-
-    # -- info
-    p = sub.add_parser("info", help="versions, the GPU seen, and the path device='auto' takes")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_info)
-    return parser
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("gpubp")
-    except Exception:
+    def read(text: str) -> Any:
         try:
-            import gpubp
+            return parse(key, text)
+        except InvalidParameter as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-            return str(getattr(gpubp, "__version__", "unknown"))
-        except Exception:
-            return "unknown"
+    return read
+
+
+def _choice(key: str) -> dict[str, Any]:
+    """A name among ``PARAMETERS[key]``'s choices."""
+    return {"type": _name, "choices": PARAMETERS[key].choices}
+
+
+# Every option, declared once: add_argument's keywords by name. A subcommand takes its options
+# with _add, changing a default or a help text where it must.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "model": {"metavar": "MODEL", "help": "a model written by `gpubp train --save` (.npz)"},
+    "--dataset": {"choices": gdata.DATASETS, "help": "a named data set (default: fashion-mnist)"},
+    "--data": {
+        "metavar": "PATH",
+        "help": "a folder of IDX files in the MNIST layout (train-images-idx3-ubyte[.gz], ...), "
+        "or an .npz with X and y (optionally X_test, y_test)",
+    },
+    "--sizes": {"type": _int_list, "help": "all layer sizes, e.g. 784,30,10"},
+    "--hidden": {
+        "type": _int_list,
+        "help": "hidden layer sizes, e.g. 30 or 100,30; inputs and outputs come from the data (default: 30)",
+    },
+    "--activation": {**_choice("activation"), "help": "hidden layers (default: sigmoid)"},
+    "--output-activation": {**_choice("output_activation"), "help": "output layer (default: --activation)"},
+    "--loss": {**_choice("loss"), "help": "the cost (default: quadratic)"},
+    "--init": {**_choice("init"), "help": "weight initialisation (default: scaled, N(0, 1/n_in))"},
+    "--dtype": {**_choice("dtype"), "help": "float32 or float64 (default: float32)"},
+    "--epochs": {"type": _checked("epochs"), "default": 30, "help": "default: 30"},
+    "--batch-size": {"type": _checked("batch_size"), "default": 10, "help": "default: 10"},
+    "--lr": {"type": _checked("lr"), "default": 3.0, "help": "learning rate (default: %(default)s)"},
+    "--lr-decay": {
+        "type": _checked("lr_decay"),
+        "default": 1.0,
+        "help": "multiply lr by this after each epoch (default: 1)",
+    },
+    "--momentum": {"type": _checked("momentum"), "default": 0.0, "help": "in [0, 1) (default: 0)"},
+    "--weight-decay": {"type": _checked("weight_decay"), "default": 0.0, "help": "L2 (default: 0)"},
+    "--seed": {"type": _checked("seed"), "default": 0, "help": "initial weights and shuffling (default: 0)"},
+    "--device": {
+        **_choice("device"),
+        "default": "auto",
+        "help": "where the kernels run; auto: CUDA on a real GPU, else the CPU (default: auto)",
+    },
+    "--save": {"metavar": "PATH", "help": "keep the best model by validation accuracy here (.npz)"},
+    "--early-stopping": {
+        "type": _checked("early_stopping"),
+        "metavar": "EPOCHS",
+        "help": "stop after this many epochs in a row without a better validation accuracy",
+    },
+    "--resume": {
+        "metavar": "PATH",
+        "help": "continue training a saved model (its layers, activations, loss and dtype)",
+    },
+    "--plot": {"metavar": "PATH", "help": "write a PNG of loss and accuracy per epoch (matplotlib)"},
+    "--json": {"action": "store_true", "help": "print the result as JSON"},
+    "--distributed": {
+        "action": "store_true",
+        "help": "data-parallel over the ranks of mpiexec (gpubp[mpi]); --batch-size is the global batch",
+    },
+    "--progress": {
+        "action": argparse.BooleanOptionalAction,
+        "help": "the progress bar within each epoch (default: when stderr is a terminal)",
+    },
+    "--split": {"choices": ("test", "val", "train"), "default": "test", "help": "which split (default: test)"},
+    "--out": {"metavar": "FILE", "help": "write the labels here (.npy if the name ends so) not stdout"},
+    "--weights": {
+        "metavar": "FILE",
+        "help": "an .npz with w0, b0, w1, b1, ... (w{l} is layer l+1's (n_out, n_in) matrix): "
+        "a model saved by gpubp, or arrays of your own",
+    },
+    "--x": {"type": _float_list, "help": "the input (default: 0.05,0.10)"},
+    "--y": {"type": _float_list, "help": "the target (default: 0.01,0.99)"},
+    "--precision": {"type": _checked("precision"), "default": 8, "help": "digits after the point (default: 8)"},
+}
+
+
+def _add(parser: Any, *names: str, **changes: Any) -> None:
+    """Add the options ``names`` to ``parser`` (or to a group of it), with ``changes`` to each."""
+    for name in names:
+        parser.add_argument(name, **{**OPTIONS[name], **changes})
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    _add(p.add_mutually_exclusive_group(), "--dataset", "--data")
+    _add(p.add_mutually_exclusive_group(), "--sizes", "--hidden")
+    _add(p, "--activation", "--output-activation", "--loss", "--init", "--dtype")
+    _add(p, "--epochs", "--batch-size", "--lr", "--lr-decay", "--momentum", "--weight-decay", "--seed", "--device")
+    _add(p, "--save", "--early-stopping", "--resume", "--plot")
+    _add(p, "--json", help="print one JSON summary at the end (to stdout)")
+    _add(p, "--distributed", "--progress")
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "model")
+    _add(p.add_mutually_exclusive_group(), "--dataset", "--data")
+    _add(p, "--split", "--device", "--json")
+
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "model")
+    _add(p, "--data", metavar="FILE", required=True, help="rows to classify: .npy, .npz (array X) or an IDX file")
+    _add(p, "--out", "--device")
+
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "--sizes", help="layer sizes (default: 2,2,2)")
+    source = p.add_mutually_exclusive_group()
+    _add(source, "--weights")
+    _add(source, "--seed", default=None, help="random initial weights from this seed")
+    _add(p, "--x", "--y")
+    _add(p, "--lr", default=0.5)
+    _add(p, "--activation", "--output-activation", "--loss", "--precision")
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    _add(p, "model")
+    p.add_argument("out", metavar="OUT", help="the ONNX file to write (e.g. model.onnx)")
+    _add(p, "--dtype", help="of the weights, input and output (default: the model's)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,20 +236,16 @@ def _version() -> str:
 
 
 def _load_data(args: argparse.Namespace) -> gdata.Dataset:
-    if args.data:
-        return gdata.load(args.data)
-    return gdata.load(args.dataset or "fashion-mnist")
+    return gdata.load(args.data or args.dataset or "fashion-mnist")
 
 
-def _load_model(path: str, device: str, seed: int | None = 0):
-    import gpubp
-
+def _load_model(path: str, device: str, seed: int | None = 0) -> Network:
     if not os.path.exists(path):
         raise gdata.DatasetNotFoundError(f"{path}: no such model file")
-    return gpubp.Network.load(path, device=device, seed=seed)
+    return Network.load(path, device=device, seed=seed)
 
 
-def _check_fits(sizes: list[int], ds: gdata.Dataset, what: str) -> None:
+def _check_fits(sizes: list[int] | tuple[int, ...], ds: gdata.Dataset, what: str) -> None:
     """Refuse layer sizes whose input or output layer does not fit the data."""
     if sizes[0] != ds.n_features:
         raise ModelMismatch(f"{what} has {sizes[0]} inputs but {ds.name} has {ds.n_features} features")
@@ -338,14 +265,13 @@ def _fmt_seconds(s: float) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars as Python's and NaN or inf as None (null)."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -367,10 +293,8 @@ class _Progress:
 
     def start(self) -> None:
         """Open the bar of the next epoch (its clock starts now)."""
-        if not self.enabled or self.bar is not None or self.epoch > self.epochs:
+        if not self.enabled or self.epoch > self.epochs:
             return
-        from tqdm import tqdm
-
         self.bar = tqdm(
             total=self.total,
             desc=f"epoch {self.epoch}/{self.epochs}",
@@ -383,13 +307,10 @@ class _Progress:
         self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            self.start()
-        self.bar.total = total
-        self.bar.update(done - self.done)
-        self.done = done
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.done)
+            self.done = done
 
     def close(self) -> None:
         """Close this epoch's bar."""
@@ -401,19 +322,8 @@ class _Progress:
 
 def _check_train_options(args: argparse.Namespace) -> None:
     if args.resume:
-        given = [
-            opt
-            for opt, value in (
-                ("--sizes", args.sizes),
-                ("--hidden", args.hidden),
-                ("--activation", args.activation),
-                ("--output-activation", args.output_activation),
-                ("--loss", args.loss),
-                ("--init", args.init),
-                ("--dtype", args.dtype),
-            )
-            if value is not None
-        ]
+        settings = ("sizes", "hidden", "activation", "output_activation", "loss", "init", "dtype")
+        given = ["--" + key.replace("_", "-") for key in settings if getattr(args, key) is not None]
         if given:
             raise UsageError(f"--resume takes the model's own layers and settings; drop {', '.join(given)}")
     if args.plot:
@@ -426,191 +336,211 @@ def _check_train_options(args: argparse.Namespace) -> None:
             raise UsageError(f"{opt} {path}: folder {Path(path).resolve().parent} does not exist")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """``gpubp train``: fit a network, one line per epoch, a summary at the end."""
-    import gpubp
-
-    _check_train_options(args)
-    out: TextIO = sys.stderr if args.json else sys.stdout
-
-    def say(line: str) -> None:
-        out.write(line + "\n")  # one write: an interrupt never splits a line from its newline
-        out.flush()
-
-    t_start = time.perf_counter()
-    ds = _load_data(args)
+def _train_network(args: argparse.Namespace, ds: gdata.Dataset) -> Network:
+    """The network to train: the --resume model, or a new one of --sizes or --hidden."""
     if args.resume:
         net = _load_model(args.resume, args.device, args.seed)
-        _check_fits(net.sizes, ds, f"model {args.resume}")
-    else:
-        if args.sizes is not None:
-            sizes = list(args.sizes)
-            if len(sizes) < 2:
-                raise UsageError("--sizes needs at least two layers, e.g. 784,30,10")
-            _check_fits(sizes, ds, f"--sizes {','.join(map(str, sizes))}")
-        else:
-            hidden = TEXTBOOK_HIDDEN if args.hidden is None else args.hidden
-            sizes = [ds.n_features, *hidden, ds.n_classes]
-        net = gpubp.Network(
-            sizes,
-            activation=args.activation or "sigmoid",
-            output_activation=args.output_activation,
-            loss=args.loss or "quadratic",
-            init=args.init or "scaled",
-            dtype=args.dtype or "float32",
-            device=args.device,
-            seed=args.seed,
+        _check_fits(net.config.sizes, ds, f"model {args.resume}")
+        return net
+    if args.sizes is not None:
+        if len(args.sizes) < 2:
+            raise UsageError("--sizes needs at least two layers, e.g. 784,30,10")
+        _check_fits(args.sizes, ds, f"--sizes {','.join(map(str, args.sizes))}")
+    sizes = args.sizes or [ds.n_features, *(args.hidden or TEXTBOOK_HIDDEN), ds.n_classes]
+    return Network(
+        sizes,
+        activation=args.activation or "sigmoid",
+        output_activation=args.output_activation,
+        loss=args.loss or "quadratic",
+        init=args.init or "scaled",
+        dtype=args.dtype or "float32",
+        device=args.device,
+        seed=args.seed,
+    )
+
+
+class _Training:
+    """One ``gpubp train``: the data, the network, the --save file, and what fit has reported."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: TextIO = sys.stderr if args.json else sys.stdout
+        self.started = time.perf_counter()
+        self.ds = _load_data(args)
+        self.has_val = len(self.ds.y_val) > 0
+        if args.early_stopping and not self.has_val:
+            raise UsageError(
+                "--early-stopping watches the validation accuracy, and this data set has no validation set"
+            )
+        self.net = _train_network(args, self.ds)
+        # A resumed model goes on with the lr schedule where its saved epoch left it.
+        self.epochs_before = self.net.epochs_trained
+        self.lr = decayed_lr(args.lr, args.lr_decay, self.epochs_before)
+        self.in_place = bool(args.resume and args.save and Path(args.save).resolve() == Path(args.resume).resolve())
+        # fit keeps the best model in --save (gpubp.training); this says which epoch the file
+        # really holds (0: the resumed model), whatever interrupts a save.
+        self.saved = SavedEpoch(args.save, initial=0 if self.in_place else None) if args.save else None
+        self.comm = getattr(args, "comm", None)  # distributed: set by gpubp.distributed.run_command
+        self.records: list[dict[str, Any]] = []  # fit's record of each epoch done
+        self.best_epoch: int | None = None
+        self.best_accuracy: float | None = None
+        self.interrupted: int | None = None  # the exit status, after Ctrl-C or SIGTERM
+        self.diverged: str | None = None
+        self.progress = _Progress(False, 0, 0)
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")  # one write: an interrupt never splits a line from its newline
+        self.out.flush()
+
+    def announce(self) -> None:
+        """The data, the network and the SGD settings, a line each."""
+        args, ds, net, c = self.args, self.ds, self.net, self.net.config
+        self.say(
+            f"data {ds.name}: {len(ds.y_train)} train / {len(ds.y_val)} validation / {len(ds.y_test)} test, "
+            f"{ds.n_features} features, {ds.n_classes} classes"
         )
-    sizes_text = ",".join(map(str, net.sizes))
-    say(
-        f"data {ds.name}: {len(ds.y_train)} train / {len(ds.y_val)} validation / {len(ds.y_test)} test, "
-        f"{ds.n_features} features, {ds.n_classes} classes"
-    )
-    say(
-        f"network {sizes_text}: {net.activation} hidden, {net.output_activation} output, {net.loss} loss, "
-        f"{net.dtype.name} on {net.device}" + (f" (resumed from {args.resume})" if args.resume else "")
-    )
-    # A resumed model goes on with the lr schedule where its saved epoch left it.
-    epochs_before = net.epochs_trained
-    lr = args.lr * args.lr_decay**epochs_before
-    say(
-        f"SGD: {args.epochs} epoch{'s' if args.epochs != 1 else ''}, batch {args.batch_size}, lr {args.lr}"
-        + _extras(args)
-        + (f"; after {epochs_before} epochs, lr starts at {lr:.6g}" if args.resume and args.lr_decay != 1 else "")
-    )
+        self.say(
+            f"network {','.join(map(str, c.sizes))}: {c.activation} hidden, {c.output_activation} output, "
+            f"{c.loss} loss, {c.dtype} on {net.device}" + (f" (resumed from {args.resume})" if args.resume else "")
+        )
+        resumed = args.resume and args.lr_decay != 1
+        self.say(
+            f"SGD: {args.epochs} epoch{'s' if args.epochs != 1 else ''}, batch {args.batch_size}, lr {args.lr}"
+            + _extras(args)
+            + (f"; after {self.epochs_before} epochs, lr starts at {self.lr:.6g}" if resumed else "")
+        )
 
-    has_val = len(ds.y_val) > 0
-    validation = (ds.X_val, ds.y_val) if has_val else None
-    best = {"epoch": None, "val_accuracy": None}
-    in_place = bool(args.resume and args.save and Path(args.save).resolve() == Path(args.resume).resolve())
-    # fit keeps the best model in --save (gpubp.training); this says which epoch the file really
-    # holds (0: the resumed model), whatever interrupts a save.
-    saved = SavedEpoch(args.save, initial=0 if in_place else None) if args.save else None
-    if args.early_stopping and not has_val:
-        raise UsageError("--early-stopping watches the validation accuracy, and this data set has no validation set")
-    baseline = None
-    if in_place and has_val:
-        # Overwrite the resumed model only with a better one.
-        baseline = best["val_accuracy"] = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
-        best["epoch"] = 0
-        say(f"resumed model: validation accuracy {best['val_accuracy']:.4f}")
-    show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
-    progress = _Progress(show_bar, args.epochs, len(ds.y_train))
-    epochs_done: list[dict] = []
-    width = len(str(args.epochs))
+    def fit(self) -> float:
+        """Train; the seconds it took. Ctrl-C, SIGTERM or a divergence ends it cleanly."""
+        args, ds, net = self.args, self.ds, self.net
+        baseline = None
+        if self.in_place and self.has_val:  # overwrite the resumed model only with a better one
+            baseline = self.best_accuracy = net.evaluate(ds.X_val, ds.y_val)["accuracy"]
+            self.best_epoch = 0
+            self.say(f"resumed model: validation accuracy {baseline:.4f}")
+        show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
+        self.progress = _Progress(show_bar, args.epochs, len(ds.y_train))
+        if self.comm is not None:
+            self.say(f"distributed: {self.comm.size} ranks; gradients summed by {self.comm.attach(net.device)}")
+        started = time.perf_counter()
+        self.progress.start()
+        try:
+            net.fit(
+                ds.X_train,
+                ds.y_train,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=self.lr,
+                validation=(ds.X_val, ds.y_val) if self.has_val else None,
+                callback=self._epoch_done,
+                momentum=args.momentum,
+                weight_decay=args.weight_decay,
+                lr_decay=args.lr_decay,
+                progress=self.progress,
+                comm=self.comm,
+                monitor="val_accuracy" if self.has_val else "epoch",  # without validation, the latest is kept
+                early_stopping=args.early_stopping,
+                checkpoint=self.saved,
+                restore_best=False,  # the test set scores the last epoch's model
+                baseline=baseline,
+            )
+        except KeyboardInterrupt as e:
+            self.progress.close()
+            self.interrupted = _interrupt_status(e)
+            if self.saved is not None:
+                self.saved.settle()
+            if self.saved is not None and self.saved.unfinished is not None:
+                self.say(f"interrupted while saving epoch {self.saved.unfinished}")
+            else:
+                self.say(f"interrupted during epoch {len(self.records) + 1}")
+        except TrainingDiverged as e:
+            self.progress.close()
+            self.diverged = str(e)
+            print(f"{PROG}: {e}", file=sys.stderr)
+        return time.perf_counter() - started
 
-    def callback(epoch: int, record: dict) -> None:
-        progress.close()
-        epochs_done.append(record)
-        line = f"epoch {epoch:>{width}}/{args.epochs}  loss {record['loss']:.4f}"
-        if record.get("val_accuracy") is not None:
+    def _epoch_done(self, epoch: int, record: dict[str, Any]) -> None:
+        """fit's callback: a line per epoch."""
+        self.progress.close()
+        self.records.append(record)
+        epochs = self.args.epochs
+        line = f"epoch {epoch:>{len(str(epochs))}}/{epochs}  loss {record['loss']:.4f}"
+        if record["val_accuracy"] is not None:
             line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
         line += f"  {record['seconds']:.2f} s"
         if record["improved"]:  # judged by fit's tracker, which has saved it to --save
-            best["epoch"], best["val_accuracy"] = epoch, record["val_accuracy"]
-            line += "  saved" if has_val and saved is not None and saved.epoch == epoch else ""
-        say(line)
-        progress.start()
+            self.best_epoch, self.best_accuracy = epoch, record["val_accuracy"]
+            line += "  saved" if self.has_val and self.saved is not None and self.saved.epoch == epoch else ""
+        self.say(line)
+        self.progress.start()
 
-    comm = getattr(args, "comm", None)  # distributed: set by gpubp.distributed.run_command
-    if comm is not None:
-        say(f"distributed: {comm.size} ranks; gradients summed by {comm.attach(net.device)}")
-    interrupted = diverged = None
-    t_fit = time.perf_counter()
-    progress.start()
-    try:
-        net.fit(
-            ds.X_train,
-            ds.y_train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=lr,
-            validation=validation,
-            callback=callback,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            lr_decay=args.lr_decay,
-            progress=progress,
-            comm=comm,
-            monitor="val_accuracy" if has_val else "epoch",  # without validation, the latest is kept
-            early_stopping=args.early_stopping,
-            checkpoint=saved,
-            restore_best=False,  # the test set scores the last epoch's model
-            baseline=baseline,
-        )
-    except KeyboardInterrupt as e:
-        progress.close()
-        interrupted = _interrupt_status(e)
-        if saved is not None:
-            saved.settle()
-        if saved is not None and saved.unfinished is not None:
-            say(f"interrupted while saving epoch {saved.unfinished}")
-        else:
-            say(f"interrupted during epoch {len(epochs_done) + 1}")
-    except gpubp.TrainingDiverged as e:
-        progress.close()
-        diverged = str(e)
-        print(f"{PROG}: {e}", file=sys.stderr)
-    fit_seconds = time.perf_counter() - t_fit
-
-    test = None
-    if not interrupted and not diverged and len(ds.y_test):
+    def test(self) -> dict[str, float]:
+        """The test set's loss and accuracy (none after an interrupt or a divergence)."""
+        ds = self.ds
+        if self.interrupted or self.diverged or not len(ds.y_test):
+            return {}
         try:
-            test = net.evaluate(ds.X_test, ds.y_test, comm=comm)
-            say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
+            test = self.net.evaluate(ds.X_test, ds.y_test, comm=self.comm)
+            self.say(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f} ({len(ds.y_test)} samples)")
+            return test
         except KeyboardInterrupt as e:
-            interrupted = _interrupt_status(e)
-            say("interrupted while evaluating the test set")
-    if has_val and best["epoch"] is not None:
-        say(f"best epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.4f}")
-    if saved is not None:
-        saved.settle()
-        say(_saved_line(saved, epochs_before))
-    total = time.perf_counter() - t_start
-    say(f"time {_fmt_seconds(fit_seconds)} training, {_fmt_seconds(total)} in all; device {net.device}")
+            self.interrupted = _interrupt_status(e)
+            self.say("interrupted while evaluating the test set")
+            return {}
 
-    history = {
-        key: [r.get(key) for r in epochs_done] for key in ("epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds")
-    }
-    if args.plot and epochs_done:
-        _plot(history, args.plot, title=f"{ds.name}: {sizes_text}, {net.activation}/{net.loss}")
-        say(f"plot written to {args.plot}")
-    if args.json:
-        summary = {
-            "dataset": ds.name,
-            "device": net.device,
-            "dtype": net.dtype.name,
-            "sizes": net.sizes,
-            "activation": net.activation,
-            "output_activation": net.output_activation,
-            "loss_function": net.loss,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "momentum": args.momentum,
-            "weight_decay": args.weight_decay,
-            "lr_decay": args.lr_decay,
-            "seed": args.seed,
+    def report(self, test: dict[str, float], fit_seconds: float) -> None:
+        """The last lines: the best epoch, what --save holds, the times; the plot and the JSON summary."""
+        args, net = self.args, self.net
+        if self.has_val and self.best_epoch is not None:
+            self.say(f"best epoch {self.best_epoch}: validation accuracy {self.best_accuracy:.4f}")
+        if self.saved is not None:
+            self.saved.settle()
+            self.say(_saved_line(self.saved, self.epochs_before))
+        seconds = time.perf_counter() - self.started
+        self.say(f"time {_fmt_seconds(fit_seconds)} training, {_fmt_seconds(seconds)} in all; device {net.device}")
+        history = {key: [r[key] for r in self.records] for key in HISTORY}
+        if args.plot and self.records:
+            c = net.config
+            _plot(history, args.plot, title=f"{self.ds.name}: {','.join(map(str, c.sizes))}, {c.activation}/{c.loss}")
+            self.say(f"plot written to {args.plot}")
+        if args.json:
+            times = {"seconds": seconds, "training_seconds": fit_seconds}
+            print(json.dumps(_jsonable(self.summary(history, test) | times)), flush=True)
+
+    def summary(self, history: dict[str, list], test: dict[str, float]) -> dict[str, Any]:
+        """What --json prints: the network's config, the options, the history and the outcome."""
+        args, saved = self.args, self.saved
+        config = self.net.config.to_dict()
+        config["loss_function"] = config.pop("loss")  # "loss" is the cost of each epoch, in the history
+        options = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay", "seed")
+        summary = {"dataset": self.ds.name, "device": self.net.device, **config}
+        summary |= {key: getattr(args, key) for key in options}
+        summary |= {
             "resumed_from": args.resume,
-            "epochs_before": epochs_before,
+            "epochs_before": self.epochs_before,
             "history": history,
-            "best_epoch": best["epoch"],
-            "best_val_accuracy": best["val_accuracy"] if has_val else None,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_accuracy,
             "saved": saved.path if saved is not None and saved.epoch else None,
             "saved_epoch": saved.epoch if saved is not None else None,
-            "test_loss": test["loss"] if test else None,
-            "test_accuracy": test["accuracy"] if test else None,
-            "seconds": total,
-            "training_seconds": fit_seconds,
-            "interrupted": bool(interrupted),
-            "diverged": diverged,
+            "test_loss": test.get("loss"),
+            "test_accuracy": test.get("accuracy"),
+            "interrupted": bool(self.interrupted),
+            "diverged": self.diverged,
         }
-        if comm is not None:  # distributed:
-            summary.update(ranks=comm.size, rows_per_rank=comm.rows_per_rank)
-        print(json.dumps(_jsonable(summary)), flush=True)
-    if interrupted:
-        return interrupted
-    return 1 if diverged else 0
+        if self.comm is not None:  # distributed
+            summary.update(ranks=self.comm.size, rows_per_rank=self.comm.rows_per_rank)
+        return summary
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``gpubp train``: fit a network, one line per epoch, a summary at the end."""
+    _check_train_options(args)
+    run = _Training(args)
+    run.announce()
+    fit_seconds = run.fit()
+    run.report(run.test(), fit_seconds)
+    return run.interrupted or (1 if run.diverged else 0)
 
 
 def _saved_line(saved: SavedEpoch, epochs_before: int) -> str:
@@ -636,7 +566,7 @@ def _extras(args: argparse.Namespace) -> str:
 
 
 def _plot(history: dict[str, list], path: str, title: str) -> None:
-    import matplotlib
+    import matplotlib  # optional (gpubp[plot]), and slow to import
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -659,7 +589,7 @@ def _plot(history: dict[str, list], path: str, title: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# evaluate, predict
+# evaluate, predict, export, info
 # ----------------------------------------------------------------------------------------------
 
 
@@ -667,7 +597,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``gpubp evaluate``: loss and accuracy of a saved model on a split of a data set."""
     ds = _load_data(args)
     net = _load_model(args.model, args.device)
-    _check_fits(net.sizes, ds, f"model {args.model}")
+    _check_fits(net.config.sizes, ds, f"model {args.model}")
     X, y = {"test": (ds.X_test, ds.y_test), "val": (ds.X_val, ds.y_val), "train": (ds.X_train, ds.y_train)}[args.split]
     if len(y) == 0:
         raise gdata.DataError(f"{ds.name}: the {args.split} split is empty")
@@ -684,10 +614,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``gpubp predict``: the predicted label of each row, one per line (or an .npy)."""
     X = gdata.load_features(args.data)
     net = _load_model(args.model, args.device)
-    if X.shape[1] != net.sizes[0]:
-        raise ModelMismatch(
-            f"model {args.model} has {net.sizes[0]} inputs but {args.data} has {X.shape[1]} values per row"
-        )
+    inputs = net.config.sizes[0]
+    if X.shape[1] != inputs:
+        raise ModelMismatch(f"model {args.model} has {inputs} inputs but {args.data} has {X.shape[1]} values per row")
     labels = _labels(np.asarray(net.predict(X)))
     if args.out and args.out.endswith(".npy"):
         np.save(args.out, labels)
@@ -698,15 +627,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------
-# export (issue 15)
-# ----------------------------------------------------------------------------------------------
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """``gpubp export``: a saved model as an ONNX file (written atomically)."""
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (optional: gpubp[onnx])
     except ImportError:
         raise UsageError('export needs the onnx package, which is not installed: pip install "gpubp[onnx]"') from None
     out = Path(args.out)
@@ -716,188 +640,99 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"OUT {args.out} is the model itself; give another name, e.g. model.onnx")
     net = _load_model(args.model, "cpu")
     net.to_onnx(out, dtype=args.dtype)
-    dtype = args.dtype or net.dtype.name
-    print(f"wrote {args.out}: {','.join(map(str, net.sizes))} {net.activation}/{net.output_activation}, {dtype}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# trace
-# ----------------------------------------------------------------------------------------------
-
-
-def _trace_params(args: argparse.Namespace, sizes: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """(weights, biases, the saved model's settings if --weights is a gpubp model)."""
-    import gpubp
-
-    if args.weights:
-        model = modelfile.read(args.weights, plain=True)  # checked before any array is read
-        weights = [np.asarray(w, float) for w in model.weights]
-        return weights, [np.asarray(b, float) for b in model.biases], model.config
-    if args.seed is None and sizes == [2, 2, 2]:
-        weights = [np.array(w) for w in WORKED_EXAMPLE["weights"]]
-        return weights, [np.array(b) for b in WORKED_EXAMPLE["biases"]], {}
-    net = gpubp.Network(sizes, seed=0 if args.seed is None else args.seed, dtype="float64", device="cpu")
-    return net.weights, net.biases, {}
-
-
-def _vec(v: np.ndarray, p: int) -> str:
-    return "[" + ", ".join(f"{x:.{p}f}" for x in np.ravel(v)) + "]"
-
-
-def _mat(m: np.ndarray, p: int, indent: str) -> str:
-    rows = [_vec(r, p) for r in np.atleast_2d(m)]
-    return ("\n" + indent).join(rows)
-
-
-_F_NAMES = {"sigmoid": "sigma", "tanh": "tanh", "relu": "relu", "linear": "linear", "softmax": "softmax"}
-_COSTS = {
-    "quadratic": "C = 1/2 sum_j (a_j - y_j)^2",
-    "cross_entropy": "C = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]",
-    "log_likelihood": "C = -sum_j y_j ln a_j",
-}
-
-
-def cmd_trace(args: argparse.Namespace) -> int:
-    """``gpubp trace``: a textbook worked example of one forward and one backward pass."""
-    import gpubp
-
-    sizes = list(args.sizes) if args.sizes is not None else [2, 2, 2]
-    if len(sizes) < 2:
-        raise UsageError("--sizes needs at least two layers, e.g. 2,2,2")
-    if args.weights and args.sizes is not None:
-        raise UsageError("--weights sets the layer sizes; drop --sizes")
-    weights, biases, saved = _trace_params(args, sizes)
-    net = gpubp.Network.from_params(
-        weights,
-        biases,
-        activation=args.activation or saved.get("activation", "sigmoid"),
-        output_activation=args.output_activation or saved.get("output_activation"),
-        loss=args.loss or saved.get("loss", "quadratic"),
-        dtype="float64",
-        device="cpu",
+    c = net.config
+    print(
+        f"wrote {args.out}: {','.join(map(str, c.sizes))} {c.activation}/{c.output_activation}, {args.dtype or c.dtype}"
     )
-    sizes = net.sizes
-    x = args.x if args.x is not None else ([0.05, 0.10] if sizes[0] == 2 else None)
-    y = args.y if args.y is not None else ([0.01, 0.99] if sizes[-1] == 2 else None)
-    if x is None or len(x) != sizes[0]:
-        raise UsageError(f"--x needs {sizes[0]} comma-separated numbers for a network with {sizes[0]} inputs")
-    if y is None or len(y) != sizes[-1]:
-        raise UsageError(f"--y needs {sizes[-1]} comma-separated numbers for a network with {sizes[-1]} outputs")
-    t = net.trace(np.array(x), np.array(y, dtype=float), lr=args.lr)
-    p = args.precision
-    L = len(sizes) - 1
-    acts = t.get("activations") or [net.activation] * (L - 1) + [net.output_activation]
-    w = print
-
-    w(
-        f"network {','.join(map(str, sizes))}: {net.activation} hidden, {net.output_activation} output, "
-        f"{net.loss} cost, lr {args.lr:g}"
-    )
-    w(f"x = a^0 = {_vec(t['x'], p)}")
-    w(f"y       = {_vec(t['y'], p)}")
-    w("")
-    w("Parameters (W^l is n_l x n_(l-1): w^l_jk joins neuron k of layer l-1 to neuron j of layer l)")
-    for i in range(1, L + 1):
-        w(f"  W^{i} = {_mat(t['weights'][i - 1], p, ' ' * (7 + len(str(i))))}")
-        w(f"  b^{i} = {_vec(t['biases'][i - 1], p)}")
-    w("")
-    w("Forward pass")
-    for i in range(1, L + 1):
-        f = _F_NAMES.get(acts[i - 1], acts[i - 1])
-        w(f"  layer {i}:")
-        w(f"    z^{i} = W^{i} a^{i - 1} + b^{i} = {_vec(t['z'][i - 1], p)}")
-        w(f"    a^{i} = {f}(z^{i}) = {_vec(t['a'][i], p)}")
-    w("")
-    w(f"Cost ({_COSTS.get(net.loss, net.loss)})")
-    w(f"  C = {t['cost']:.{p}f}")
-    w("")
-    w("Backward pass")
-    f_out = _F_NAMES.get(acts[-1], acts[-1])
-    w(f"  delta^{L} = grad_a C (.) {f_out}'(z^{L}) = {_vec(t['delta'][L - 1], p)}   (BP1)")
-    for i in range(L - 1, 0, -1):
-        f = _F_NAMES.get(acts[i - 1], acts[i - 1])
-        rule = f"((W^{i + 1})^T delta^{i + 1}) (.) {f}'(z^{i})"
-        w(f"  delta^{i} = {rule} = {_vec(t['delta'][i - 1], p)}   (BP2)")
-    for i in range(L, 0, -1):
-        ind = " " * (len(f"  dC/dW^{i} = "))
-        w(f"  dC/dW^{i} = delta^{i} (a^{i - 1})^T =   (BP4)")
-        w(f"{ind}{_mat(t['nabla_w'][i - 1], p, ind)}")
-        w(f"  dC/db^{i} = delta^{i} = {_vec(t['nabla_b'][i - 1], p)}   (BP3)")
-    w("")
-    w(f"Update: W^l <- W^l - {args.lr:g} dC/dW^l,  b^l <- b^l - {args.lr:g} dC/db^l")
-    for i in range(1, L + 1):
-        w(f"  W^{i} = {_mat(t['weights_after'][i - 1], p, ' ' * (7 + len(str(i))))}")
-        w(f"  b^{i} = {_vec(t['biases_after'][i - 1], p)}")
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# info
-# ----------------------------------------------------------------------------------------------
-
-
-def _device_report() -> dict[str, Any]:
-    import gpubp
-
-    report = getattr(gpubp, "device_report", None)
-    if report is not None:
-        return dict(report())
-    from .backends import device_report  # pragma: no cover - the same function
-
-    return dict(device_report())
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """``gpubp info``: versions, the GPU seen or why none, and the path device='auto' takes."""
-    r = _device_report()
-    r.setdefault("gpubp", _version())
+    r = device_report()
+    r["gpubp"] = __version__  # the package running (the installed metadata may be another copy's)
     if args.json:
         print(json.dumps(_jsonable(r), indent=2))
         return 0
-    cupy = r.get("cupy", "not installed")
-    if cupy == "not installed":
-        cupy = r.get("cupy-cuda12x", "not installed")
-    print(f"gpubp       {r.get('gpubp')}")
-    print(f"numba       {r.get('numba', 'not installed')}")
-    print(f"numba-cuda  {r.get('numba-cuda', 'not installed')}")
-    print(f"numpy       {r.get('numpy', 'not installed')}")
-    print(f"cupy        {cupy}")
-    print(f"python      {sys.version.split()[0]}")
+    cupy = next((r[k] for k in ("cupy", "cupy-cuda12x", "cupy-cuda13x") if r[k] != "not installed"), "not installed")
     if "gpu_name" in r:
-        cc, mem = r["gpu_compute_capability"], r["gpu_memory_gib"]
-        print(f"GPU         {r['gpu_name']}, compute capability {cc}, {mem} GiB")
-    elif r.get("cuda_usable"):
-        print(f"GPU         {r.get('cuda')}")
+        gpu = f"{r['gpu_name']}, compute capability {r['gpu_compute_capability']}, {r['gpu_memory_gib']} GiB"
     else:
-        print(f"GPU         none: {r.get('cuda')}")
-    print(f"auto        device='auto' runs on {r.get('auto_device')}: {r.get('auto_reason')}")
+        gpu = r["cuda"] if r["cuda_usable"] else f"none: {r['cuda']}"
+    rows = {
+        **{name: r[name] for name in ("gpubp", "numba", "numba-cuda", "numpy")},
+        "cupy": cupy,
+        "python": sys.version.split()[0],
+        "GPU": gpu,
+        "auto": f"device='auto' runs on {r['auto_device']}: {r['auto_reason']}",
+    }
+    for name, value in rows.items():
+        print(f"{name:<12}{value}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------
-# main
+# The parser, and main
 # ----------------------------------------------------------------------------------------------
 
+# name: (what runs it, its options, its help line, its description)
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[Any], None], str, str | None]] = {
+    "train": (
+        cmd_train,
+        _train_options,
+        "train a network (defaults: the textbook Fashion-MNIST run)",
+        "Train a network by mini-batch SGD. The defaults reproduce the textbook run: Fashion-MNIST "
+        "(50,000 / 10,000 / 10,000), 784,30,10, sigmoid, quadratic cost, batch 10, lr 3.0, 30 epochs.",
+    ),
+    "evaluate": (cmd_evaluate, _evaluate_options, "loss and accuracy of a saved model on a test set", None),
+    "predict": (cmd_predict, _predict_options, "predicted labels of a saved model, one per line", None),
+    "trace": (
+        cmd_trace,
+        _trace_options,
+        "one forward and one backward pass on one sample, every quantity printed",
+        "Print every quantity of one forward and one backward pass, layer by layer, like a textbook "
+        "worked example. With neither --weights nor --seed, the 2,2,2 network is Matt Mazur's worked "
+        "example (w = .15 .20 .25 .30 / .40 .45 .50 .55, b = .35 / .60).",
+    ),
+    "export": (
+        cmd_export,
+        _export_options,
+        "write a saved model as ONNX (one Gemm and its activation per layer)",
+        "Write a model saved by gpubp as an ONNX model for onnxruntime and other runtimes: input X "
+        "(N, inputs), output Y (N, outputs), the output activations. Needs the onnx extra.",
+    ),
+    "info": (cmd_info, lambda p: _add(p, "--json"), "versions, the GPU seen, and the path device='auto' takes", None),
+}
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The argparse parser of the ``gpubp`` command, and each subcommand's parser by name."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train multilayer perceptrons by backpropagation with Numba kernels (CUDA or CPU).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = {}
+    for name, (func, add_options, help_line, description) in COMMANDS.items():
+        commands[name] = p = sub.add_parser(name, help=help_line, description=description)
+        add_options(p)
+        p.set_defaults(func=func)
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``gpubp`` command with ``argv`` (default: sys.argv[1:]); return the exit status."""
-    parser = build_parser()
+    parser, commands = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error (status 2)
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    except SystemExit as e:  # --help or --version (0), or a usage error (2)
+        return int(e.code or 0)
+    subparser = commands[args.command]
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         if getattr(args, "distributed", False):  # every rank runs the command
-            from .distributed import run_command
-
             return run_command(args, lambda: _run(args, subparser))
         return _run(args, subparser)
     finally:
@@ -905,33 +740,34 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _error(e: BaseException, status: int) -> int:
+    """Say why on one line of stderr; return the exit status."""
+    print(f"{PROG}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+    return status
+
+
 def _run(args: argparse.Namespace, subparser: argparse.ArgumentParser) -> int:
     """The subcommand, every refusal turned into one line on stderr and an exit status."""
     try:
-        return int(args.func(args) or 0)
-    except UsageError as e:
-        try:
-            subparser.error(str(e))
-        except SystemExit as exit_:
-            return int(exit_.code or 2)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # DataError is a ValueError
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return args.func(args)
+    except argparse.ArgumentError as e:  # UsageError or gpubp.trace's: shown as argparse shows its own
+        subparser.print_usage(sys.stderr)
+        print(f"{subparser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, FileNotFoundError) as e:  # DataError is a ValueError
+        return _error(e, 2)
     except RuntimeError as e:  # e.g. device='cuda' without a usable GPU
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return _error(e, 1)
     except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return _interrupt_status(e)
     except BrokenPipeError:  # `gpubp predict ... | head`
         return 0
     except OSError as e:  # e.g. --out or --save in a folder we may not write to
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return _error(e, 1)
     except MemoryError:
         print(f"{PROG}: error: out of memory", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,9 +4,11 @@ Small data only (scikit-learn's digits, or tiny IDX folders and .npz files writt
 networks, 1-2 epochs, the CPU kernels.
 """
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import pytest
 import gpubp
 from gpubp import data
 from gpubp.cli import main
+from gpubp.config import PARAMETERS
 
 CPU = ["--device", "cpu"]
 
@@ -311,9 +314,20 @@ def test_python_dash_m():
         (["train", "--sizes", "784,30,10", "--hidden", "30"], "not allowed with"),
         (["train", "--dataset", "digits", "--data", "x"], "not allowed with"),
         (["train", "--dataset", "cifar"], "invalid choice"),
-        (["train", "--epochs", "0"], "expected a positive integer"),
-        (["train", "--lr", "-1"], "expected a positive number"),
-        (["train", "--momentum", "1"], "[0, 1)"),
+        # numbers are refused in Network.fit's words (gpubp.config.PARAMETERS)
+        (["train", "--epochs", "0"], "argument --epochs: epochs must be a positive integer, got 0"),
+        (["train", "--batch-size", "x"], "batch_size must be a positive integer, got 'x'"),
+        (["train", "--lr", "-1"], "lr must be a positive number, got -1.0"),
+        (["train", "--lr", "nan"], "lr must be a positive number, got nan"),
+        (["train", "--momentum", "1"], "momentum must be a number in [0, 1), got 1.0"),
+        (["train", "--lr-decay", "0"], "lr_decay must be a number in (0, 1]"),
+        (["train", "--weight-decay", "-1"], "weight_decay must be a number >= 0"),
+        (["train", "--seed", "-1"], "seed must be None or a non-negative integer, got -1"),
+        (["train", "--early-stopping", "0"], "early_stopping must be None or a positive integer"),
+        (["trace", "--precision", "0"], "precision must be a positive integer"),
+        (["trace", "--lr", "0"], "lr must be a positive number"),
+        (["train", "--activation", "softmax"], "invalid choice"),  # softmax is an output's only
+        (["train", "--loss", "cross-entropy", "--init", "glorot"], "invalid choice"),
         (["train", "--hidden", "30,x"], "expected integers"),
         (["train", "--activation", "swish"], "invalid choice"),
         (["train", "--device", "tpu"], "invalid choice"),
@@ -331,6 +345,32 @@ def test_usage_errors(capsys, argv, fragment):
 def test_help_exits_zero(capsys):
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0 and "--hidden" in out and "textbook" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"gpubp {gpubp.__version__}"
+
+
+@pytest.mark.parametrize(
+    "option, text",
+    [("--epochs", "0"), ("--batch-size", "-3"), ("--lr", "-1"), ("--lr-decay", "2"), ("--momentum", "1"),
+     ("--weight-decay", "-0.5"), ("--early-stopping", "0")],
+)  # fmt: skip
+def test_a_bad_number_is_refused_in_fits_words(capsys, option, text):
+    """The command line and Network.fit check against the one table, gpubp.config.PARAMETERS."""
+    key = option[2:].replace("-", "_")
+    code, _, err = run(capsys, "train", option, text)
+    value = int(text) if PARAMETERS[key].kind == "int" else float(text)
+    net = gpubp.Network([2, 2], device="cpu")
+    with pytest.raises(ValueError) as refused:
+        net.fit(np.zeros((4, 2)), np.zeros((4, 2)), **{key: value})
+    assert_usage_error(code, err, f"argument {option}: {refused.value}")
+
+
+def test_no_function_of_the_command_line_is_longer_than_80_lines():
+    for module in ("cli", "trace"):
+        tree = ast.parse((Path(gpubp.__file__).parent / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 80, f"{module}.{node.name}"
 
 
 def test_corrupt_idx_file(capsys, idx_folder):
