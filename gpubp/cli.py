@@ -99,9 +99,9 @@ def _name(text: str) -> str:
     return text.strip().lower().replace("-", "_")
 
 
-def _checked(key: str) -> Callable[[str], Any]:
-    """An argparse type reading ``PARAMETERS[key]`` (``config.parse``): a bad value is refused in
-    the words ``Network.fit`` uses, e.g. "epochs must be a positive integer, got 0"."""
+def _number(key: str, **keywords: Any) -> dict[str, Any]:
+    """A number read as ``PARAMETERS[key]`` (``config.parse``): a bad value is refused in the words
+    ``Network.fit`` uses, e.g. "epochs must be a positive integer, got 0"."""
 
     def read(text: str) -> Any:
         try:
@@ -109,12 +109,12 @@ def _checked(key: str) -> Callable[[str], Any]:
         except InvalidParameter as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
-    return read
+    return {"type": read, **keywords}
 
 
-def _choice(key: str) -> dict[str, Any]:
+def _choice(key: str, **keywords: Any) -> dict[str, Any]:
     """A name among ``PARAMETERS[key]``'s choices."""
-    return {"type": _name, "choices": PARAMETERS[key].choices}
+    return {"type": _name, "choices": PARAMETERS[key].choices, **keywords}
 
 
 # Every option, declared once: add_argument's keywords by name. A subcommand takes its options
@@ -132,33 +132,27 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": _int_list,
         "help": "hidden layer sizes, e.g. 30 or 100,30; inputs and outputs come from the data (default: 30)",
     },
-    "--activation": {**_choice("activation"), "help": "hidden layers (default: sigmoid)"},
-    "--output-activation": {**_choice("output_activation"), "help": "output layer (default: --activation)"},
-    "--loss": {**_choice("loss"), "help": "the cost (default: quadratic)"},
-    "--init": {**_choice("init"), "help": "weight initialisation (default: scaled, N(0, 1/n_in))"},
-    "--dtype": {**_choice("dtype"), "help": "float32 or float64 (default: float32)"},
-    "--epochs": {"type": _checked("epochs"), "default": 30, "help": "default: 30"},
-    "--batch-size": {"type": _checked("batch_size"), "default": 10, "help": "default: 10"},
-    "--lr": {"type": _checked("lr"), "default": 3.0, "help": "learning rate (default: %(default)s)"},
-    "--lr-decay": {
-        "type": _checked("lr_decay"),
-        "default": 1.0,
-        "help": "multiply lr by this after each epoch (default: 1)",
-    },
-    "--momentum": {"type": _checked("momentum"), "default": 0.0, "help": "in [0, 1) (default: 0)"},
-    "--weight-decay": {"type": _checked("weight_decay"), "default": 0.0, "help": "L2 (default: 0)"},
-    "--seed": {"type": _checked("seed"), "default": 0, "help": "initial weights and shuffling (default: 0)"},
-    "--device": {
-        **_choice("device"),
-        "default": "auto",
-        "help": "where the kernels run; auto: CUDA on a real GPU, else the CPU (default: auto)",
-    },
+    "--activation": _choice("activation", help="hidden layers (default: sigmoid)"),
+    "--output-activation": _choice("output_activation", help="output layer (default: --activation)"),
+    "--loss": _choice("loss", help="the cost (default: quadratic)"),
+    "--init": _choice("init", help="weight initialisation (default: scaled, N(0, 1/n_in))"),
+    "--dtype": _choice("dtype", help="float32 or float64 (default: float32)"),
+    "--epochs": _number("epochs", default=30, help="default: 30"),
+    "--batch-size": _number("batch_size", default=10, help="default: 10"),
+    "--lr": _number("lr", default=3.0, help="learning rate (default: %(default)s)"),
+    "--lr-decay": _number("lr_decay", default=1.0, help="multiply lr by this after each epoch (default: 1)"),
+    "--momentum": _number("momentum", default=0.0, help="in [0, 1) (default: 0)"),
+    "--weight-decay": _number("weight_decay", default=0.0, help="L2 (default: 0)"),
+    "--seed": _number("seed", default=0, help="initial weights and shuffling (default: 0)"),
+    "--device": _choice(
+        "device", default="auto", help="where the kernels run; auto: CUDA on a real GPU, else the CPU (default: auto)"
+    ),
     "--save": {"metavar": "PATH", "help": "keep the best model by validation accuracy here (.npz)"},
-    "--early-stopping": {
-        "type": _checked("early_stopping"),
-        "metavar": "EPOCHS",
-        "help": "stop after this many epochs in a row without a better validation accuracy",
-    },
+    "--early-stopping": _number(
+        "early_stopping",
+        metavar="EPOCHS",
+        help="stop after this many epochs in a row without a better validation accuracy",
+    ),
     "--resume": {
         "metavar": "PATH",
         "help": "continue training a saved model (its layers, activations, loss and dtype)",
@@ -182,7 +176,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "--x": {"type": _float_list, "help": "the input (default: 0.05,0.10)"},
     "--y": {"type": _float_list, "help": "the target (default: 0.01,0.99)"},
-    "--precision": {"type": _checked("precision"), "default": 8, "help": "digits after the point (default: 8)"},
+    "--precision": _number("precision", default=8, help="digits after the point (default: 8)"),
 }
 
 
@@ -386,7 +380,7 @@ class _Training:
         self.best_accuracy: float | None = None
         self.interrupted: int | None = None  # the exit status, after Ctrl-C or SIGTERM
         self.diverged: str | None = None
-        self.progress = _Progress(False, 0, 0)
+        self.progress = _Progress(False, 0, 0)  # no bar until fit opens one
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")  # one write: an interrupt never splits a line from its newline
