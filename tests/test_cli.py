@@ -4,11 +4,9 @@ Small data only (scikit-learn's digits, or tiny IDX folders and .npz files writt
 networks, 1-2 epochs, the CPU kernels.
 """
 
-import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,14 +362,6 @@ def test_a_bad_number_is_refused_in_fits_words(capsys, option, text):
         net.fit(np.zeros((4, 2)), np.zeros((4, 2)), **{key: value})
     words = str(refused.value).split(", got ")[0]  # the CLI shows the text it was given
     assert_usage_error(code, err, f"argument {option}: {words}, got {text!r}")
-
-
-def test_no_function_of_the_command_line_is_longer_than_80_lines():
-    for module in ("cli", "trace"):
-        tree = ast.parse((Path(gpubp.__file__).parent / f"{module}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                assert node.end_lineno - node.lineno < 80, f"{module}.{node.name}"
 
 
 def test_corrupt_idx_file(capsys, idx_folder):
