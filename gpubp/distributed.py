@@ -48,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import io
+import json
 import logging
 import os
 import sys
@@ -110,6 +111,21 @@ def _pointer(array: Any) -> int:
     return array.__cuda_array_interface__["data"][0]
 
 
+def check_environment() -> None:
+    """ValueError naming a malformed GPUBP_DIST_TIMEOUT or GPUBP_TRANSPORT (on any device)."""
+    text = os.environ.get("GPUBP_DIST_TIMEOUT")
+    if text is not None:
+        try:
+            ok = float(text) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds >= 0, e.g. 300 (0: no watchdog)")
+    forced = os.environ.get("GPUBP_TRANSPORT", "")
+    if forced and forced not in TRANSPORTS[1:]:
+        raise ValueError(f"GPUBP_TRANSPORT={forced!r} is not one of 'nccl', 'cuda-aware-mpi', 'staged'")
+
+
 class Communicator:
     """A wrapper of an mpi4py communicator: this rank, its share of each batch, and the collectives
     data-parallel SGD needs (broadcast from rank 0, in-place sum of a flat buffer, sums of scalars).
@@ -126,12 +142,9 @@ class Communicator:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)  # the ranks on this machine
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        check_environment()
         if timeout is None:
-            text = os.environ.get("GPUBP_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
-            try:
-                timeout = float(text)
-            except ValueError:
-                raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds, e.g. 300 (0: no watchdog)") from None
+            timeout = float(os.environ.get("GPUBP_DIST_TIMEOUT", str(DEFAULT_TIMEOUT)))
         if not timeout >= 0:
             raise ValueError(f"timeout must be >= 0 seconds (0: no watchdog), got {timeout!r}")
         self.timeout = timeout
@@ -173,16 +186,14 @@ class Communicator:
             transport = "mpi"
         else:
             nccl, why_not = _nccl()
-            # What every rank can do, and rank 0's GPUBP_TRANSPORT (-1: none, -2: not a transport):
+            # What every rank can do, and rank 0's GPUBP_TRANSPORT (-1: none):
             # every rank then makes the same choice, or raises the same error.
             here = np.array([nccl is not None, _cuda_aware_mpi(self.MPI)], dtype=np.int64)
             everywhere = np.empty_like(here)
             self._collective("a check of the transports", self.comm.Allreduce, here, everywhere, self.MPI.MIN)
             forced = os.environ.get("GPUBP_TRANSPORT", "")
-            wish = np.array([TRANSPORTS[1:].index(forced) + 1 if forced in TRANSPORTS[1:] else -2 if forced else -1])
+            wish = np.array([TRANSPORTS.index(forced) if forced else -1])  # checked by check_environment
             self._collective("a broadcast from rank 0", self.comm.Bcast, wish, 0)
-            if wish[0] == -2:
-                raise ValueError("GPUBP_TRANSPORT on rank 0 is not one of 'nccl', 'cuda-aware-mpi', 'staged'")
             forced = TRANSPORTS[wish[0]] if wish[0] > 0 else ""
             transport = forced or ("nccl" if everywhere[0] else "cuda-aware-mpi" if everywhere[1] else "staged")
             if transport == "nccl" and not everywhere[0]:
@@ -326,19 +337,24 @@ class Communicator:
             total += float(c)
         return total
 
-    def agree(self, **settings: float) -> None:
-        """ValueError on every rank if some rank was given other ``settings`` (numbers) than the rest:
-        ranks that disagree on the data's size or the number of epochs would wait for each other."""
-        names = sorted(settings)
-        mine = np.array([float(settings[k]) for k in names], dtype=np.float64)
-        every = np.empty((self.size, len(names)), np.float64)
-        self._collective("a check of the settings", self.comm.Allgather, mine, every)
-        for j, name in enumerate(names):
-            column = every[:, j]
-            if not (column == column[0]).all():
+    def agree(self, **settings: Any) -> None:
+        """ValueError on every rank, naming the first setting that some rank was given otherwise than
+        the rest (JSON values: numbers, names, lists): ranks that disagree on the network, the data's
+        size or the training arguments would train different models or wait for each other."""
+        mine = np.frombuffer(json.dumps(settings, sort_keys=True).encode(), np.uint8)
+        counts = np.empty(self.size, np.int64)
+        self._collective("a check of the settings", self.comm.Allgather, np.array([mine.size], np.int64), counts)
+        every = np.empty(int(counts.sum()), np.uint8)
+        self._collective("a check of the settings", self.comm.Allgatherv, mine, [every, counts])
+        ends = np.cumsum(counts)
+        ranks = [json.loads(every[e - c : e].tobytes()) for c, e in zip(counts, ends)]
+        for name in sorted(settings):
+            values = [r.get(name) for r in ranks]
+            if any(v != values[0] for v in values):
+                shown = ", ".join(json.dumps(v) for v in values)
                 raise ValueError(
-                    f"the ranks were given different {name}: {', '.join(f'{v:g}' for v in column)} "
-                    f"(ranks 0..{self.size - 1}); every rank must fit the same data with the same settings"
+                    f"the ranks were given different {name}: {shown} (ranks 0..{self.size - 1}); every rank "
+                    f"must fit the same network to the same data with the same settings"
                 )
 
     def abort(self, status: int = 1) -> None:
@@ -427,7 +443,7 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
     """Run one ``gpubp`` command on every rank of MPI.COMM_WORLD (``gpubp train --distributed``).
 
     ``args.comm`` is set to the Communicator. Rank 0 runs the command as on one process. The other
-    ranks run it quietly: no progress bar, no --save, --plot or --json, their output held back and
+    ranks run it quietly: no progress bar, --plot or --json (only rank 0 writes --save), their output held back and
     shown (after a second's grace for rank 0 to report the same failure) only if they fail. A rank
     that ends with a non-zero status (an error, a divergence, Ctrl-C) prints why and calls
     MPI_Abort, so no rank is left waiting in a collective for it."""
@@ -436,11 +452,15 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
     except ImportError as e:
         print(f"gpubp: error: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # a malformed GPUBP_* variable: said once, by rank 0; every rank exits 2
+        if _mpi().COMM_WORLD.Get_rank() == 0:
+            print(f"gpubp: error: {e}", file=sys.stderr)
+        return 2
     args.comm = dist
     if dist.rank == 0:
         status = run()
     else:
-        args.save = args.plot = None
+        args.plot = None  # --save stays: every rank's fit tracks the best epoch alike, rank 0 writes it
         args.json, args.progress = False, False
         held = io.StringIO()
         try:

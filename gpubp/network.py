@@ -411,7 +411,7 @@ class Network:
         Xd, Yd, val = self._training_data(X, Y, validation)
         n = Xd.shape[0]
         h["batch_size"] = min(h["batch_size"], n)
-        dist = self._distributed(comm, n, 0 if val is None else val[0].shape[0], h)  # None on one process
+        dist = self._distributed(comm, n, 0 if val is None else val[0].shape[0], h, tracker)
         self._schedule.execution(h["batch_size"])  # a path that cannot run this batch size fails here, not mid-epoch
         best_state = functools.partial(self.state_dict, include_rng=False)
         if tracker is not None:
@@ -429,10 +429,14 @@ class Network:
             tracker.finish(history, self.load_state_dict)
         return history
 
-    def _distributed(self, comm: Any, rows: int, val_rows: int, h: dict[str, Any]) -> Any:
-        """The Communicator of a distributed fit, every rank's settings checked to agree and rank 0's
-        parameters and momentum state taken; None on one process."""
-        settings = {k: h[k] for k in ("batch_size", "epochs", "lr", "momentum", "weight_decay", "lr_decay", "shuffle")}
+    def _distributed(self, comm: Any, rows: int, val_rows: int, arguments: dict[str, Any], tracker: Any) -> Any:
+        """The Communicator of a distributed fit, every rank checked to have the same network, data
+        sizes and training ``arguments``, and rank 0's parameters and momentum state taken; None on
+        one process. (Every rank then makes the same early-stopping decisions from the same summed
+        values; only rank 0 writes the checkpoint.)"""
+        settings = {k: v for k, v in arguments.items() if k not in ("callback", "progress")}
+        settings.update({k: v for k, v in self.config.to_dict().items() if k != "init"})
+        settings.update(training.BestModel.settings(tracker))
         dist = dist_mod.prepare_fit(comm, self._schedule, self.device, rows=rows, val_rows=val_rows, **settings)
         if dist is not None:
             self.load_state_dict(dist.broadcast_state(self.state_dict(include_rng=False)))
@@ -444,7 +448,7 @@ class Network:
         """Judge the epoch (early stopping, the checkpoint), add it to ``history``, tell ``callback``;
         True: stop (on every rank when one stops)."""
         stop = tracker is not None and tracker.update(record, best_state)  # adds "improved"
-        if record.get("improved") and tracker.checkpoint is not None:  # the best model so far, atomically
+        if record.get("improved") and tracker.checkpoint is not None and (dist is None or dist.rank == 0):
             tracker.checkpoint.save(self.config, tracker.best_state, record["epoch"])
         for key, value in record.items():
             history.setdefault(key, []).append(value)
@@ -547,6 +551,8 @@ class Network:
         """
         Xd = self._inputs(X)
         dist = dist_mod.communicator(comm)
+        if dist is not None:  # each rank divides the summed counts by the rows: the same on every rank
+            dist.agree(rows=Xd.shape[0])
         loss, accuracy = self._evaluate(Xd, self._targets(Y, Xd.shape[0]), dist)
         return {"loss": loss, "accuracy": accuracy}
 

@@ -165,6 +165,15 @@ class BestModel:
             )
         return cls(monitor, early_stopping, min_delta, restore_best, checkpoint, baseline)
 
+    @staticmethod
+    def settings(tracker: BestModel | None) -> dict[str, Any]:
+        """What a tracker (or None) decides by, as JSON values: the same on every rank of a distributed fit."""
+        if tracker is None:
+            return {"monitor": None, "early_stopping": None, "checkpoint": False}
+        t = tracker
+        given = {"checkpoint": t.checkpoint is not None, "min_delta": t.min_delta, "baseline": t.baseline}
+        return {"monitor": t.monitor, "early_stopping": t.patience, "restore_best": t.restore_best, **given}
+
     def begin(self, state: Callable[[], State]) -> None:
         """Start watching: with a baseline, the starting model (``state()``) is the best so far (epoch 0)."""
         self.best_value, self.best_epoch, self.best_state = math.nan, None, None

@@ -72,7 +72,7 @@ def main(mode: str, out: str) -> None:
         net.fit(X, y, comm=comm, callback=callback, **{**FIT, "epochs": 50})
         return
 
-    results = {"rank": r, "size": comm.size}
+    results = {"rank": r, "size": comm.size, "out": np.array(str(out))}
     dtypes, settings, fit = ("float64", "float32"), NET, FIT
     if mode == "fit-cuda":  # the simulator is slow: 15 rows (batches of 7, 7 and 1), one epoch
         X, y, dtypes, settings, fit = X[:15], y[:15], ("float64",), {**NET, "device": "cuda"}, CUDA_FIT
@@ -92,10 +92,29 @@ def main(mode: str, out: str) -> None:
         one = gpubp.Network([6, 3, 1], dtype="float64", device="cpu", seed=5)  # a single output: a > 0.5
         e = one.evaluate(Xv, (yv % 2).astype(float), comm=comm)
         results["one_output_eval"] = np.array([e["loss"], e["accuracy"]])
-        try:  # ranks given different settings: the same clear error on every rank, before any step
-            gpubp.Network(SIZES, dtype="float64", **NET).fit(X, y, comm=comm, **{**FIT, "epochs": 2 + (r == last)})
-        except ValueError as e:
-            results["disagree"] = np.array(str(e))
+        # Ranks given different settings: the same clear error on every rank, before any step.
+        disagreements = {
+            "disagree": lambda net: net.fit(X, y, comm=comm, **{**FIT, "epochs": 2 + (r == last)}),
+            "disagree_network": lambda net: gpubp.Network(SIZES, dtype="float64", **{
+                **NET, "activation": "tanh" if r != last else "relu"}).fit(X, y, comm=comm, **FIT),
+            # the rank-0-only checkpoint idiom: refused, not left to train different models
+            "disagree_checkpoint": lambda net: net.fit(X, y, comm=comm, **FIT, validation=(Xv, yv),
+                checkpoint=os.path.join(out, "best.npz") if r == 0 else None),
+            "disagree_evaluate": lambda net: net.evaluate(Xv[: 5 + r], yv[: 5 + r], comm=comm),
+        }  # fmt: skip
+        for key, call in disagreements.items():
+            net = gpubp.Network(SIZES, dtype="float64", **NET)
+            try:
+                call(net)
+            except ValueError as e:
+                results[key] = np.array(str(e))
+                results[key + "_epochs"] = np.array(net.epochs_trained)
+        # the same checkpoint on every rank: only rank 0 writes it, every rank ends with the best epoch
+        net = gpubp.Network(SIZES, dtype="float64", **{**NET, "seed": NET["seed"] + r})
+        history = net.fit(X, y, comm=comm, **{**FIT, "epochs": 4}, validation=(Xv, yv), early_stopping=1,
+                          checkpoint=os.path.join(out, "best.npz"), monitor="val_accuracy")  # fmt: skip
+        results["best_epoch"] = np.array(history.best_epoch)
+        results["best_params"] = flat(net)
     np.savez(os.path.join(out, f"rank{r}.npz"), **results)
 
 

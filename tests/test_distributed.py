@@ -147,10 +147,30 @@ def test_distributed_evaluate_equals_one_process(ranks, single, dtype):
         np.testing.assert_allclose(result["one_output_eval"], [want["loss"], want["accuracy"]], rtol=1e-12)
 
 
-def test_ranks_given_different_settings_all_get_one_clear_error(ranks):
-    messages = {str(result["disagree"]) for result in ranks}
+@pytest.mark.parametrize(
+    "key,words",
+    [
+        ("disagree", "different epochs: 2, "),
+        ("disagree_network", 'different activation: "tanh"'),
+        ("disagree_checkpoint", "different checkpoint: true, false"),
+        ("disagree_evaluate", "different rows: 5, 6"),
+    ],
+)
+def test_ranks_given_different_settings_all_get_one_clear_error(ranks, key, words):
+    """Epochs, the network, the rank-0-only checkpoint idiom, evaluate's rows: refused on every rank,
+    in the same words, before any epoch."""
+    messages = {str(result[key]) for result in ranks}
     assert len(messages) == 1
-    assert "different epochs" in messages.pop()
+    assert words in messages.pop()
+    assert all(int(result[key + "_epochs"]) == 0 for result in ranks)
+
+
+def test_every_rank_restores_the_same_best_epoch_and_rank_0_writes_the_checkpoint(ranks):
+    for result in ranks[1:]:
+        assert int(result["best_epoch"]) == int(ranks[0]["best_epoch"])
+        assert np.array_equal(result["best_params"], ranks[0]["best_params"])
+    saved = gpubp.Network.load(Path(ranks[0]["out"].item()) / "best.npz", device="cpu")
+    np.testing.assert_array_equal(child.flat(saved), ranks[0]["best_params"])
 
 
 @pytest.mark.cuda
@@ -221,11 +241,13 @@ def test_transport_choice_is_logged_and_a_wrong_one_is_an_error(monkeypatch, cap
         assert cuda == "staged"
     assert f"cuda buffers are summed by {cuda}" in caplog.text
     monkeypatch.setenv("GPUBP_TRANSPORT", "infiniband")
-    with pytest.raises(ValueError, match="GPUBP_TRANSPORT on rank 0 is not one of"):
-        distributed.Communicator(select_gpu=False).attach("cuda")
-    monkeypatch.setenv("GPUBP_DIST_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="GPUBP_DIST_TIMEOUT='soon': expected seconds"):
+    with pytest.raises(ValueError, match="GPUBP_TRANSPORT='infiniband' is not one of"):  # on the CPU too
         distributed.Communicator(select_gpu=False)
+    monkeypatch.delenv("GPUBP_TRANSPORT")
+    monkeypatch.setenv("GPUBP_DIST_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="GPUBP_DIST_TIMEOUT='soon': expected seconds >= 0"):
+        distributed.Communicator(select_gpu=False)
+    monkeypatch.delenv("GPUBP_DIST_TIMEOUT")
     with pytest.raises(ValueError, match="timeout must be >= 0"):
         distributed.Communicator(select_gpu=False, timeout=-1)
 
@@ -302,3 +324,11 @@ def test_gpubp_train_distributed_error_on_one_rank_ends_all(blobs):
     p = mpiexec(2, sys.executable, HERE / "distributed_ranks.py", "cli-fail", blobs)
     assert p.returncode == 2, p.stderr[-3000:]
     assert "[rank 1] gpubp: error: planted failure reading the data on this rank" in p.stderr
+
+
+@pytest.mark.parametrize("name,value", [("GPUBP_DIST_TIMEOUT", "soon"), ("GPUBP_TRANSPORT", "garbage")])
+def test_gpubp_train_distributed_refuses_a_bad_variable_in_one_line(blobs, name, value):
+    p = mpiexec(2, BIN / "gpubp", "train", "--data", blobs, "--distributed", "--device", "cpu", env={name: value})
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == [p.stderr.strip().splitlines()[0]]  # one line, no traceback
+    assert p.stderr.startswith(f"gpubp: error: {name}={value!r}")
