@@ -24,8 +24,8 @@ BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _REEXEC_MARK = "GPUBP_BENCH_FAIR_REEXEC"  # set in the child: never re-execute twice
 
 
-def reexec_without_blas_overrides(argv: list[str]) -> None:
-    """Replace this process by ``python -m benchmarks argv`` without BLAS_OVERRIDES, if any is set.
+def reexec_without_blas_overrides(argv: list[str], module: str = "benchmarks") -> None:
+    """Replace this process by ``python -m module argv`` without BLAS_OVERRIDES, if any is set.
 
     OpenBLAS reads them when its library loads, so they must be gone before numpy is imported:
     a fresh process is the only sure way. Returns only when nothing had to be removed."""
@@ -36,7 +36,7 @@ def reexec_without_blas_overrides(argv: list[str]) -> None:
     env[_REEXEC_MARK] = ";".join(f"{k}={v}" for k, v in present.items())
     print(f"benchmarks: re-running without {', '.join(f'{k}={v}' for k, v in present.items())}", flush=True)
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def removed_overrides() -> str | None:
