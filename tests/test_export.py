@@ -141,3 +141,30 @@ def test_cli_export_refusals(tmp_path, capsys, monkeypatch):
     assert main(["export", str(model), str(tmp_path / "x.onnx")]) == 2
     assert "gpubp[onnx]" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("after_rename", [False, True])
+def test_cli_export_interrupted_around_its_rename(tmp_path, capsys, monkeypatch, after_rename):
+    """Ctrl-C just before or just after the rename: the old file or the whole new one, exit 130, and
+    no complaint about a temporary file already renamed (the export writes through modelfile's writer)."""
+    model, out = tmp_path / "m.npz", tmp_path / "m.onnx"
+    net = gpubp.Network([3, 4, 2], device="cpu", seed=1)
+    net.save(model)
+    out.write_bytes(b"the previous model")
+    real = os.replace
+
+    def interrupted(src, dst):
+        if after_rename:
+            real(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    assert main(["export", str(model), str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err == "gpubp: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.onnx"]  # no temporary file left
+    if after_rename:
+        X = np.eye(3, dtype=np.float32)
+        np.testing.assert_allclose(run_onnx(out, X), net.predict(X), **TOL["float32"])
+    else:
+        assert out.read_bytes() == b"the previous model"
