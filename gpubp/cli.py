@@ -59,14 +59,16 @@ class ModelMismatch(ValueError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that training stops the same clean way."""
 
+    signum = signal.SIGTERM
+
 
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
 def _interrupt_status(e: BaseException) -> int:
-    """128 + the signal: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 143 if isinstance(e, Terminated) else 130
+    """128 + the signal: 143 for SIGTERM, 130 for Ctrl-C (a distributed run's may come from another rank)."""
+    return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
 # ----------------------------------------------------------------------------------------------

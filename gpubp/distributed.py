@@ -51,6 +51,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -111,6 +112,14 @@ def _pointer(array: Any) -> int:
     return array.__cuda_array_interface__["data"][0]
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM that some rank received, raised by every rank at the same collective."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum} on a rank")
+        self.signum = signum
+
+
 def check_environment() -> None:
     """ValueError naming a malformed GPUBP_DIST_TIMEOUT or GPUBP_TRANSPORT (on any device)."""
     text = os.environ.get("GPUBP_DIST_TIMEOUT")
@@ -156,6 +165,9 @@ class Communicator:
         self._staging: dict[tuple[int, str], np.ndarray] = {}
         self._zeros: dict[tuple[int, str], Any] = {}
         self._waiting: tuple[float, str] | None = None  # (since when, which collective), for the watchdog
+        self.deferring = False  # SIGINT/SIGTERM only noted, and shared at the next collective
+        self.signal_received = 0  # the signal this rank noted, not yet shared
+        self.interrupted = 0  # the signal every rank stopped for
         self._watchdog: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -228,9 +240,37 @@ class Communicator:
         self.rows += hi - lo
         return lo, hi
 
+    # -- signals ------------------------------------------------------------------------------------
+    def defer_signals(self) -> None:
+        """From now on SIGINT and SIGTERM only note the signal, and every collective shares the notes:
+        every rank raises ``Interrupted`` at the same collective, so none is left waiting in one for a
+        rank that stopped (Python cannot run a handler while a rank is inside an MPI call). Main thread."""
+
+        def note(signum: int, frame: Any) -> None:
+            self.signal_received = self.signal_received or signum
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, note)
+        self.deferring = True
+
+    def _share_signals(self) -> None:
+        """Interrupted on every rank if some rank noted a signal (collective)."""
+        if not self.deferring:
+            return
+        mine, every = np.array([self.signal_received], np.int64), np.zeros(1, np.int64)
+        self._waiting = (time.monotonic(), "a check for signals")
+        try:
+            self.comm.Allreduce(mine, every, self.MPI.MAX)
+        finally:
+            self._waiting = None
+        if every[0]:
+            self.signal_received, self.interrupted = 0, int(every[0])
+            raise Interrupted(self.interrupted)
+
     # -- collectives ----------------------------------------------------------------------------------
     def _collective(self, what: str, call: Callable, *args: Any) -> None:
-        """call(*args), watched: if it has not returned after ``timeout`` s, every rank is ended."""
+        """call(*args), watched: if it has not returned after ``timeout`` s, every rank is ended. Then
+        the ranks share the signals they noted (``defer_signals``)."""
         if self.timeout > 0 and self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="gpubp-watchdog", daemon=True)
             self._watchdog.start()
@@ -239,6 +279,7 @@ class Communicator:
             call(*args)
         finally:
             self._waiting = None
+        self._share_signals()
 
     def _watch(self) -> None:
         while True:
@@ -262,6 +303,7 @@ class Communicator:
             nccl = self._nccl_module()
             p = _pointer(buffer)  # in place; on the default stream, after the kernels that wrote it
             self._nccl_comm.allReduce(p, p, buffer.size, self._nccl_type(buffer), nccl.NCCL_SUM, 0)
+            self._share_signals()
         elif transport == "cuda-aware-mpi":
             self._synchronize()  # MPI reads the device memory outside CUDA's stream order
             self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, buffer, self.MPI.SUM)
@@ -457,6 +499,8 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
             print(f"gpubp: error: {e}", file=sys.stderr)
         return 2
     args.comm = dist
+    if threading.current_thread() is threading.main_thread():
+        dist.defer_signals()  # a signal to any rank (or to mpiexec) stops every rank at the same step
     if dist.rank == 0:
         status = run()
     else:
@@ -469,13 +513,13 @@ def run_command(args: Any, run: Callable[[], int]) -> int:
         except BaseException:
             sys.stderr.write(held.getvalue())
             raise  # to init's hook, which aborts every rank
-        if status != 0 and dist.size > 1:
+        if status != 0 and dist.size > 1 and not dist.interrupted:
             # Rank 0 may have failed the same way (a bad option fails everywhere): give it a second to
             # say so and end every rank first, so the message is printed once.
             time.sleep(1.0)
-        if status != 0:
+        if status != 0 and not dist.interrupted:  # an interrupt every rank stopped for: rank 0 says it
             for line in held.getvalue().splitlines():
                 print(f"[rank {dist.rank}] {line}", file=sys.stderr)
-    if status != 0 and dist.size > 1:
+    if status != 0 and dist.size > 1 and not dist.interrupted:
         dist.abort(status)
     return status

@@ -8,6 +8,8 @@ Modes:
   kill      the last rank kills itself (SIGKILL) after epoch 1
   hang      the last rank stops answering after epoch 1 (the watchdog of the others must end the run)
   cli-fail  `gpubp train --distributed` on an .npz file (OUT) that the last rank fails to read
+  cli-slow  `gpubp train --distributed` on an .npz file (OUT) for many epochs, the last rank slow
+            (so rank 0 waits in the all-reduce); each rank writes its pid to OUT.pid{rank}
 """
 
 import os
@@ -51,6 +53,23 @@ def main(mode: str, out: str) -> None:
             data.load = broken
         argv = ["train", "--distributed", "--data", out, "--hidden", "4", "--epochs", "2", "--device", "cpu"]
         sys.exit(cli.main(argv))
+
+    if mode == "cli-slow":
+        from gpubp import cli
+
+        rank, size = int(os.environ["PMI_RANK"]), int(os.environ["PMI_SIZE"])
+        with open(f"{out}.pid{rank}", "w") as f:
+            f.write(str(os.getpid()))
+        if rank == size - 1:
+            allreduce = distributed.Communicator.allreduce
+
+            def slow(self, buffer):
+                time.sleep(0.02)
+                allreduce(self, buffer)
+
+            distributed.Communicator.allreduce = slow
+        argv = ["train", "--distributed", "--data", out, "--hidden", "4", "--epochs", "1000", "--device", "cpu"]
+        sys.exit(cli.main([*argv, "--save", f"{out}.model.npz", "--no-progress"]))
 
     comm = distributed.init()
     r, last = comm.rank, comm.size - 1

@@ -332,3 +332,33 @@ def test_gpubp_train_distributed_refuses_a_bad_variable_in_one_line(blobs, name,
     assert p.returncode == 2, p.stderr[-3000:]
     assert p.stderr.strip().splitlines() == [p.stderr.strip().splitlines()[0]]  # one line, no traceback
     assert p.stderr.startswith(f"gpubp: error: {name}={value!r}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("target", ["mpiexec", "rank 0", "rank 1"])
+def test_an_interrupted_distributed_run_is_explained(blobs, target, signum):
+    """A signal to mpiexec or to either rank, while rank 1 is slow and rank 0 waits for it in the
+    all-reduce: every rank stops at the same step, and rank 0's last lines say so and which epoch
+    the --save file holds; the exit status is 128 + the signal, within seconds."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "MPI_", "HYDRA_", "MPIR_"))}
+    argv = [str(BIN / "mpiexec"), "-n", "2", sys.executable, str(HERE / "distributed_ranks.py"), "cli-slow", str(blobs)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                         env={**clean, **ONE_THREAD}, start_new_session=True)  # fmt: skip
+    try:
+        seen = []
+        while not any(line.startswith("epoch    2/") for line in seen) and p.poll() is None:
+            seen.append(p.stdout.readline())
+        pids = {"mpiexec": p.pid, "rank 0": int(Path(f"{blobs}.pid0").read_text())}
+        pids["rank 1"] = int(Path(f"{blobs}.pid1").read_text())
+        os.kill(pids[target], signum)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 128 + signum, err[-3000:]
+    last = out.strip().splitlines()[-4:]
+    assert last[0].startswith("interrupted during epoch"), out[-2000:]
+    assert any(line.startswith("model of epoch") and line.endswith(".model.npz") for line in last), out[-2000:]
+    assert "Abort" not in err and "Traceback" not in err, err[-3000:]
+    epoch = int(next(line for line in last if line.startswith("model of epoch")).split()[3])
+    assert gpubp.Network.load(f"{blobs}.model.npz", device="cpu").epochs_trained == epoch
