@@ -86,6 +86,13 @@ def split_validation(X: Any, Y: Any, validation: Any, validation_split: float | 
             f"{n - n_val} for training; each needs at least one"
         )
     k = n - n_val
+    if len(Y.shape) == 1 and isinstance(Y, np.ndarray) and Y.dtype.kind in "iu":  # labels: every class may be seen
+        classes = len(np.unique(Y))
+        if n_val < classes:
+            raise ValueError(
+                f"validation_split={validation_split!r} of {n} rows leaves {n_val} for validation, fewer than "
+                f"the {classes} classes of Y; use a larger split"
+            )
     return X[:k], Y[:k], (X[k:], Y[k:])
 
 

@@ -201,6 +201,7 @@ def test_restore_on_the_gpu_keeps_the_best_epoch():
         (dict(validation_split=1.0), ValueError, r"validation_split must be None or a number in \(0, 1\)"),
         (dict(validation_split="0.2"), TypeError, "validation_split must be None or a number"),
         (dict(validation_split=0.01), ValueError, "leaves 0 for validation"),
+        (dict(validation_split=0.1), ValueError, "leaves 2 for validation, fewer than the 3 classes"),
         (dict(early_stopping=3, monitor="val_loss"), ValueError, "monitor='val_loss' needs validation data"),
         (dict(monitor="val_accuracy"), ValueError, "needs validation data"),
         (dict(monitor="accuracy"), ValueError, "unknown monitor 'accuracy'"),
