@@ -169,8 +169,8 @@ def gpu_array(x: Any) -> Any:
     view = StridedMemoryView.from_dlpack(x, stream_ptr=0)  # ordered after the producer's work on stream 0
     item = view.dtype.itemsize
     strides = None if view.strides is None else tuple(s * item for s in view.strides)
-    interface = {"shape": tuple(view.shape), "strides": strides, "typestr": view.dtype.str,
-                 "data": (view.ptr, view.readonly), "version": 3}  # fmt: skip
+    shape, data = tuple(view.shape), (view.ptr, view.readonly)
+    interface = {"shape": shape, "strides": strides, "typestr": view.dtype.str, "data": data, "version": 3}
     return cuda.from_cuda_array_interface(interface, owner=(x, view), sync=False)
 
 

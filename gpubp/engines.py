@@ -61,9 +61,7 @@ class Engine:
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         """Mini-batch SGD over rows order[start:stop] in one call (``train_batches``)."""
         w = self.w
-        A, Z, D, Yb = w.buffers(batch_size)
-        self.k.train_batches(X, Y, order, start, stop, batch_size, w.params, w.nabla, w.velocity, w.layout, w.units,
-                             w.acts, w.loss, A, Yb, Z, D, *hyper, w.cost, **self.epoch_options)  # fmt: skip
+        self.k.train_batches(X, Y, order, start, stop, w.net, w.buffers(batch_size), *hyper, **self.epoch_options)
 
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -75,17 +73,22 @@ class Engine:
 class CpuEngine(Engine):
     """The CPU's order of backpropagation is ``kernels.cpu.step``: one @njit call per batch."""
 
+    def __init__(self, w: Workspace) -> None:
+        super().__init__(w)
+        self._bound: dict[str, Any] = {}  # kernels called once per batch, bound to their argument types
+
+    def _call(self, name: str, *args: Any) -> None:
+        kernel = self._bound.get(name)
+        if kernel is None:
+            kernel = self._bound[name] = self.k.bind(getattr(self.k, name), *args)
+        kernel(*args)
+
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
-        w = self.w
-        A, Z, _, _ = w.buffers(cap)
-        self.k.feedforward(w.params, w.layout, w.units, w.acts, A, Z, cap, m)
+        self._call("feedforward", self.w.net, self.w.buffers(cap), int(m))
 
     def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
         """nabla = scale sum_x dC_x/dp over the batch of m rows in the work buffers; cost += sum_x C_x."""
-        w = self.w
-        A, Z, D, _ = w.buffers(cap)
-        self.k.step(w.params, w.nabla, w.velocity, w.layout, w.units, w.acts, w.loss, v.Y, A, Z, D, cap, m, scale,
-                    0.0, 0.0, 0.0, w.cost, False)  # fmt: skip
+        self._call("step", self.w.net, self.w.buffers(cap), int(m), float(scale), 0.0, 0.0, 0.0, False, False)
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         # small batches train on one core: the gather of the shuffled rows goes to a second one
@@ -111,13 +114,13 @@ class CudaEngine(Engine):
         """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
         w, forward = self.w, self.products[0]
         for l in range(w.L):
-            forward(v.A[l], w.W[l], w.b[l], v.Z[l + 1], v.A[l + 1], w.acts_list[l], stream)
+            forward(v.A[l], w.W[l], w.b[l], v.Z[l + 1], v.A[l + 1], w.host_act_codes[l], stream)
 
     def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
         """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = scale sum_x dC_x/dp.
 
         ``stream``: where to launch, e.g. a CUDA graph being recorded."""
-        w, k, L, acts = self.w, self.k, self.w.L, self.w.acts_list
+        w, k, L, acts = self.w, self.k, self.w.L, self.w.host_act_codes
         _, hidden_error, weight_gradient = self.products
         self.forward(v, cap, m, stream)
         k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], w.loss, acts[L - 1], w.cost, stream)  # BP1

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 # Rows per chunk: enough to hide a thread hand-off (~50 us) behind the training of a chunk, small
 # enough that a chunk stays in the shared cache (1024 x 784 float32 = 3.2 MB).
@@ -36,19 +39,17 @@ def worth_it(n_rows: int, batch_size: int, blas_rows: int) -> bool:
     return (os.cpu_count() or 1) >= 2 and n_rows > max(CHUNK_ROWS, 2 * batch_size) and batch_size < blas_rows
 
 
-def whole_epoch(s: Any, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: int, stop: int, batch_size: int,
-                hyper: tuple) -> None:  # fmt: skip
-    """``kernels.cpu.train_batches`` over rows order[start:stop] of (X, Y), chunk by chunk, each
-    chunk's rows gathered by the helper thread while the previous chunk trains."""
-    k = s.backend.kernels
+def whole_epoch(
+    w: Workspace, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: int, stop: int, batch_size: int, hyper: tuple
+) -> None:
+    """``kernels.cpu.train_batches`` over rows order[start:stop] of (X, Y) in batches of
+    ``batch_size``, chunk by chunk, each chunk's rows gathered by the helper thread while the
+    previous chunk trains."""
+    k = w.backend.kernels
     chunk = max(1, CHUNK_ROWS // batch_size) * batch_size
-    bufs = getattr(s, "_prefetch_buffers", None)
-    if bufs is None or bufs[0][0].shape[0] != chunk or bufs[0][0].dtype != X.dtype:
-        e = s.backend.empty  # aligned to a cache line
-        bufs = [(e((chunk, X.shape[1]), X.dtype), e((chunk, Y.shape[1]), Y.dtype)) for _ in range(2)]
-        s._prefetch_buffers = bufs
+    bufs = w.chunk_buffers(chunk, X, Y)  # aligned to a cache line
     identity = np.arange(chunk, dtype=np.int64)
-    A, Z, D, Yb = s.buffers(batch_size)
+    work = w.buffers(batch_size)
 
     def gather(c0: int, buf: tuple[np.ndarray, np.ndarray]) -> None:
         c1 = min(c0 + chunk, stop)
@@ -64,7 +65,6 @@ def whole_epoch(s: Any, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: 
             if c1 < stop:
                 pending = pool.submit(gather, c1, bufs[(i + 1) % 2])
             Xc, Yc = bufs[i % 2]
-            k.train_batches(Xc, Yc, identity, 0, c1 - c0, batch_size, s.params, s.nabla, s.velocity, s.layout,
-                            s.units, s.acts, s.loss, A, Yb, Z, D, *hyper, s.cost)  # fmt: skip
+            k.train_batches(Xc, Yc, identity, 0, c1 - c0, w.net, work, *hyper)
     finally:
         pending.result()  # never leave the helper writing into a buffer after returning

@@ -233,7 +233,7 @@ class Schedule(Workspace):
         for s in range(0, n, cap):
             e = min(s + cap, n)
             v = self.feedforward_rows(X, s, e, cap)
-            self.k.output_error(v.Z[L], v.A[L], Y[s:e], v.D[L], self.loss, self.acts_list[L - 1], self.cost)
+            self.k.output_error(v.Z[L], v.A[L], Y[s:e], v.D[L], self.loss, self.host_act_codes[L - 1], self.cost)
             self.k.count_correct(v.A[L], Y[s:e], self.count)
         return self.read_cost(), int(self.backend.to_host(self.count)[0])
 

@@ -1,20 +1,25 @@
 """A network's numbers on one device: the parameters, the gradient, the momentum state and the
 work buffers that hold every layer's z, a and delta for a batch. It launches nothing.
 
-Parameters live in one flat array: all weights W^1..W^L, then all biases b^1..b^L. ``layout`` row
-l holds (offset of W^l, offset of b^l, n_out, n_in) and ``units[l]`` = sum(sizes[:l]); the kernels
-read both (``kernels.cpu.weights`` and ``slot``). Work buffers hold slot l = the rows of layer l
-for a batch of up to ``cap`` rows; slot 0 of A is the input batch.
+Parameters live in one flat array: all weights W^1..W^L, then all biases b^1..b^L. Row l-1 of
+``host_layout`` holds (offset of W^l, offset of b^l, n_out, n_in), and ``host_row_offsets[l]`` =
+sum(sizes[:l]): slot l of a work buffer (layer l's rows for a batch of up to ``cap`` rows) starts
+at cap * host_row_offsets[l]; slot 0 of A is the input batch. The kernels take a network's arrays
+as one ``NetArrays`` (``net``, built once) and the work buffers for ``cap`` rows as one
+``WorkBuffers`` (``buffers(cap)``), named tuples of ``kernels.cpu``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backends import Backend
+
+if TYPE_CHECKING:  # the backend's kernels module has them (importing them here would import Numba)
+    from .kernels.cpu import NetArrays, WorkBuffers
 
 
 @dataclass
@@ -34,16 +39,14 @@ class Workspace:
         self.backend, self.k = backend, backend.kernels
         self.sizes, self.L = list(sizes), len(sizes) - 1
         self.dtype = params.dtype
-        self.acts_list, self.loss = list(acts), loss
+        self.host_act_codes, self.loss = list(acts), loss  # the activation of layer l at l-1
 
         n_w = [sizes[l + 1] * sizes[l] for l in range(self.L)]
         w_off = np.concatenate([[0], np.cumsum(n_w)])
         b_off = w_off[-1] + np.concatenate([[0], np.cumsum(sizes[1:])])
         self.n_weights = int(w_off[-1])
         self.host_layout = np.array([[w_off[l], b_off[l], sizes[l + 1], sizes[l]] for l in range(self.L)], np.int64)
-        self.host_units = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.layout, self.units = backend.to_device(self.host_layout), backend.to_device(self.host_units)
-        self.acts = backend.to_device(np.asarray(acts, dtype=np.int64))
+        self.host_row_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
         self.params = backend.empty(params.shape, self.dtype)  # on the CPU: aligned to a cache line
         backend.copy(params, self.params)
@@ -53,8 +56,18 @@ class Workspace:
         self.count = backend.zeros(1, np.int64)
         self.W, self.b = self._layer_views(self.params)
         self.gW, self.gb = self._layer_views(self.nabla)
-        self._buffers: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self.net: NetArrays = self.k.NetArrays(
+            self.params,
+            self.nabla,
+            self.velocity,
+            backend.to_device(self.host_layout),
+            backend.to_device(self.host_row_offsets),
+            backend.to_device(np.asarray(acts, dtype=np.int64)),
+            loss,
+        )
+        self._buffers: dict[int, WorkBuffers] = {}
         self._views: dict[tuple[int, int], Views] = {}
+        self._chunks: list[tuple[Any, Any]] = []  # see chunk_buffers
         self._snapshot: tuple[Any, Any] | None = None  # the state before this epoch or step
         self.dist: Any = None  # a gpubp.distributed.Communicator during a distributed fit
 
@@ -66,8 +79,8 @@ class Workspace:
         return ws, bs
 
     # -- work buffers -----------------------------------------------------------------------------
-    def buffers(self, cap: int) -> tuple[Any, Any, Any, Any]:
-        """Flat work buffers (A, Z, Delta, Y) for batches of up to ``cap`` rows.
+    def buffers(self, cap: int) -> WorkBuffers:
+        """The work buffers for batches of up to ``cap`` rows.
 
         Two sizes are kept, training's and evaluation's, so a fit with validation does not
         allocate (and the graph path does not record) again every epoch."""
@@ -76,28 +89,32 @@ class Workspace:
                 oldest = next(iter(self._buffers))
                 del self._buffers[oldest]
                 self._views = {key: v for key, v in self._views.items() if key[0] != oldest}
-            n, e = cap * int(self.host_units[-1]), self.backend.empty
-            self._buffers[cap] = (
-                e(n, self.dtype),
-                e(n, self.dtype),
-                e(n, self.dtype),
-                e(cap * self.sizes[-1], self.dtype),
-            )
+            n, e = cap * int(self.host_row_offsets[-1]), self.backend.empty
+            A, Z, D = e(n, self.dtype), e(n, self.dtype), e(n, self.dtype)
+            self._buffers[cap] = self.k.WorkBuffers(A, Z, D, e(cap * self.sizes[-1], self.dtype), self.cost, cap)
         return self._buffers[cap]
 
     def views(self, cap: int, m: int) -> Views:
         """Views of layer l's (m, sizes[l]) rows in the buffers for ``cap`` rows."""
         if (cap, m) not in self._views:
-            A, Z, D, Y = self.buffers(cap)
+            work = self.buffers(cap)
 
             def slots(buf: Any) -> list[Any]:
-                starts = self.host_units[:-1] * cap
+                starts = self.host_row_offsets[:-1] * cap
                 return [buf[u : u + m * n].reshape((m, n)) for u, n in zip(starts, self.sizes)]
 
-            self._views[(cap, m)] = Views(
-                slots(A), slots(Z), slots(D), Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1]))
-            )
+            Y = work.Y[: m * self.sizes[-1]].reshape((m, self.sizes[-1]))
+            self._views[(cap, m)] = Views(slots(work.A), slots(work.Z), slots(work.D), Y)
         return self._views[(cap, m)]
+
+    def chunk_buffers(self, rows: int, X: Any, Y: Any) -> list[tuple[Any, Any]]:
+        """Two pairs of (X, Y) buffers of ``rows`` rows each, shaped and typed as X's and Y's rows:
+        one chunk of shuffled rows is gathered into one while the other trains (``gpubp.prefetch``).
+        Kept until a call asks for other ones."""
+        want = [((rows, X.shape[1]), X.dtype), ((rows, Y.shape[1]), Y.dtype)]
+        if not self._chunks or [(a.shape, a.dtype) for a in self._chunks[0]] != want:
+            self._chunks = [tuple(self.backend.empty(*w) for w in want) for _ in range(2)]
+        return self._chunks
 
     # -- the cost, copies to and from the host, the training state ----------------------------------
     def reset_cost(self) -> None:

@@ -9,9 +9,10 @@ products only, so NaN and inf still propagate and divergence stays detectable).
 import hashlib
 import math
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit, types
+from numba import njit, typeof, types
 from numba.extending import overload
 
 from .activations import SIGMOID, SOFTMAX
@@ -272,7 +273,7 @@ def sgd_update(P, nabla, velocity, lr, momentum, decay):
     """SGD with momentum and L2 weight decay on a flat parameter array P.
 
     v <- momentum v - lr (nabla + decay P);  P <- P + v.  With momentum = decay = 0 this is
-    P <- P - lr nabla, the update of the mission statement.
+    plain SGD, P <- P - lr nabla.
     """
     t = P.dtype.type  # keep float32 arithmetic in float32
     lr, momentum, decay = t(lr), t(momentum), t(decay)
@@ -412,14 +413,77 @@ def gradient_step(Delta, A_prev, W, nabla_w, lr, scale, plain):
                     g[k] *= s
 
 
+# ---------------------------------------------------------------------------------------------
+# The engine. A network's arrays and its work buffers travel as two named tuples, built once per
+# network by ``gpubp.workspace``; kernels.cuda.fused takes the same two.
+
+
+class NetArrays(NamedTuple):
+    """A network's arrays. Parameters live in one flat array: all weights W^1..W^L, then all
+    biases; the gradient and the momentum state are laid out the same way."""
+
+    params: Any
+    nabla: Any
+    velocity: Any
+    layout: Any  # int64 (L, 4): row l-1 = (offset of W^l, offset of b^l, n_out, n_in)
+    row_offsets: Any  # int64 (L + 2,): sum(sizes[:l]); slot l of a work buffer starts at cap * row_offsets[l]
+    act_codes: Any  # int64 (L,): the activation of layer l at l-1 (``activations.CODES``)
+    loss: int  # ``losses.CODES``
+
+
+class WorkBuffers(NamedTuple):
+    """Flat buffers for batches of up to ``cap`` rows: slot l of A, Z and D holds layer l's
+    (m, sizes[l]) rows of a, z and delta; slot 0 of A is the input batch."""
+
+    A: Any
+    Z: Any
+    D: Any
+    Y: Any  # the batch's targets, (m, sizes[-1]) from the start
+    cost: Any  # float64 (1,): += the sum of the rows' costs
+    cap: int
+
+
+def bind(kernel, *args):
+    """``kernel`` compiled for the Numba types of ``args`` (loaded from Numba's cache, or compiled
+    now), callable without the dispatcher, which types every argument on every call: a named tuple
+    takes it ~2 us, a tenth of a 10-row step at 784-30-10. Call it only with arguments of those
+    same types (it does not check them). Under NUMBA_DISABLE_JIT, the kernel itself."""
+    return kernel.compile(tuple(typeof(a) for a in args)) if hasattr(kernel, "compile") else kernel
+
+
+@njit(cache=True, inline="always")
+def weights(params, layout, l):
+    """Views (W, b) of the layer in row l of ``layout``, in a flat array laid out as the parameters."""
+    w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+    return params[w_off : w_off + n_out * n_in].reshape((n_out, n_in)), params[b_off : b_off + n_out]
+
+
+@njit(cache=True, inline="always")
+def slot(buf, row_offsets, l, cap, m):
+    """View of layer l's rows (m, sizes[l]) in a work buffer for up to ``cap`` rows."""
+    off = cap * row_offsets[l]
+    n = row_offsets[l + 1] - row_offsets[l]
+    return buf[off : off + m * n].reshape((m, n))
+
+
+@njit(cache=True, inline="always")
+def targets(work, n, m):
+    """View of the batch's m targets of n outputs in work.Y."""
+    return work.Y[: m * n].reshape((m, n))
+
+
 @jit
-def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, momentum, decay, keep=True):
-    """BP3, BP4 and the SGD step of one layer, fused: each row of nabla_w is used while in cache.
+def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep):
+    """BP3, BP4 and the SGD step of the layer in row l of net.layout, fused: each row of nabla_w
+    is used while in cache.
 
     The same result as weight_gradient, bias_gradient and sgd_update in turn. With ``keep`` false
     and plain SGD (momentum = decay = 0) nabla_w and vel_w are not written: the step is taken in
     the gradient's last pass (for every batch of an epoch but the last).
     """
+    W, b = weights(net.params, net.layout, l)
+    nabla_w, nabla_b = weights(net.nabla, net.layout, l)
+    vel_w, vel_b = weights(net.velocity, net.layout, l)
     plain = momentum == 0 and decay == 0 and not keep
     if Delta.shape[0] >= BLAS_ROWS and plain:  # one BLAS call, then W -= (lr scale) sum in one pass
         np.dot(Delta.T, A_prev, nabla_w)
@@ -437,28 +501,6 @@ def sgd_layer(Delta, A_prev, W, b, nabla_w, nabla_b, vel_w, vel_b, lr, scale, mo
             sgd_update(W[j], nabla_w[j], vel_w[j], lr, momentum, decay)
     bias_gradient(Delta, scale, nabla_b)
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The engine. Parameters live in one flat array ``params``: all weights W^1..W^L, then all biases.
-# ``layout`` row l holds (offset of W^l, offset of b^l, n_out, n_in); ``units[l]`` = sum(sizes[:l]).
-# Work buffers (Abuf, Zbuf, Dbuf) hold slot l = rows of layer l for a batch of up to ``cap`` rows;
-# slot 0 of Abuf is the input batch. The CUDA scheduler uses the same layout.
-
-
-@njit(cache=True, inline="always")
-def weights(params, layout, l):
-    """Views (W^l, b^l) into the flat parameter array."""
-    w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-    return params[w_off : w_off + n_out * n_in].reshape((n_out, n_in)), params[b_off : b_off + n_out]
-
-
-@njit(cache=True, inline="always")
-def slot(buf, units, l, cap, m):
-    """View of layer l's rows (m, sizes[l]) in a work buffer; units[l] is sum(sizes[:l])."""
-    off = cap * units[l]
-    n = units[l + 1] - units[l]
-    return buf[off : off + m * n].reshape((m, n))
 
 
 @jit
@@ -493,61 +535,52 @@ def gather_rows(src, idx, dst):
 
 
 @jit
-def feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m):
-    """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L, on the batch in slot 0 of Abuf."""
-    for l in range(layout.shape[0]):
-        W, b = weights(params, layout, l)
-        forward(
-            slot(Abuf, units, l, cap, m),
-            W,
-            b,
-            slot(Zbuf, units, l + 1, cap, m),
-            slot(Abuf, units, l + 1, cap, m),
-            acts[l],
-        )
+def feedforward(net, work, m):
+    """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L, on the batch of m rows in slot 0 of work.A."""
+    offsets, cap = net.row_offsets, work.cap
+    for l in range(net.layout.shape[0]):
+        W, b = weights(net.params, net.layout, l)
+        A_prev, A = slot(work.A, offsets, l, cap, m), slot(work.A, offsets, l + 1, cap, m)
+        forward(A_prev, W, b, slot(work.Z, offsets, l + 1, cap, m), A, net.act_codes[l])
 
 
 @jit
-def step(params, nabla, velocity, layout, units, acts, loss, Y, Abuf, Zbuf, Dbuf, cap, m, scale, lr, momentum, decay,
-         cost, update, keep=True):  # fmt: skip
-    """One mini-batch of backpropagation on the batch in slot 0 of Abuf: the CPU's layer order.
+def step(net, work, m, scale, lr, momentum, decay, update, keep):
+    """One mini-batch of backpropagation on the m rows in slot 0 of work.A and their targets in
+    work.Y: the CPU's layer order.
 
     Forward down the layers, BP1, then from layer L down: BP2 (reading W^l before it changes),
     then BP3/BP4 into ``nabla``, scaled by ``scale`` (1/m: the batch's mean), and, if ``update``,
-    the SGD step of that layer fused with them (each row of nabla_w used while in cache). With ``update`` false the work
-    buffers keep every z, a and delta and ``nabla`` the gradient, for an update elsewhere.
+    the SGD step of that layer fused with them (each row of nabla_w used while in cache; ``keep``:
+    see sgd_layer). With ``update`` false the work buffers keep every z, a and delta and ``nabla``
+    the gradient, for an update elsewhere.
     """
-    L = layout.shape[0]
-    feedforward(params, layout, units, acts, Abuf, Zbuf, cap, m)
-    D, Z, A = slot(Dbuf, units, L, cap, m), slot(Zbuf, units, L, cap, m), slot(Abuf, units, L, cap, m)
-    output_error(Z, A, Y, D, loss, acts[L - 1], cost)  # BP1
+    L, offsets, cap = net.layout.shape[0], net.row_offsets, work.cap
+    feedforward(net, work, m)
+    D, Z, A = slot(work.D, offsets, L, cap, m), slot(work.Z, offsets, L, cap, m), slot(work.A, offsets, L, cap, m)
+    output_error(Z, A, targets(work, A.shape[1], m), D, net.loss, net.act_codes[L - 1], work.cost)  # BP1
     for l in range(L - 1, -1, -1):
-        delta, A_prev = slot(Dbuf, units, l + 1, cap, m), slot(Abuf, units, l, cap, m)
-        W, b = weights(params, layout, l)
+        delta, A_prev = slot(work.D, offsets, l + 1, cap, m), slot(work.A, offsets, l, cap, m)
         if l > 0:  # BP2: delta^(l-1) from W^l, before W^l is updated
-            hidden_error(delta, W, slot(Zbuf, units, l, cap, m), A_prev, slot(Dbuf, units, l, cap, m), acts[l - 1])
-        gW, gb = weights(nabla, layout, l)
+            W = weights(net.params, net.layout, l)[0]
+            Z_prev, D_prev = slot(work.Z, offsets, l, cap, m), slot(work.D, offsets, l, cap, m)
+            hidden_error(delta, W, Z_prev, A_prev, D_prev, net.act_codes[l - 1])
         if update:  # BP4, BP3 and the update, fused
-            vW, vb = weights(velocity, layout, l)
-            sgd_layer(delta, A_prev, W, b, gW, gb, vW, vb, lr, scale, momentum, decay, keep)
+            sgd_layer(net, l, delta, A_prev, lr, scale, momentum, decay, keep)
         else:
+            gW, gb = weights(net.nabla, net.layout, l)
             weight_gradient(delta, A_prev, scale, gW)  # BP4
             bias_gradient(delta, scale, gb)  # BP3
 
 
 @jit
-def train_batches(
-    X, Y, perm, start, stop, batch_size, params, nabla, velocity, layout, units, acts, loss, Abuf, Ybuf, Zbuf, Dbuf,
-    lr, momentum, decay, cost,
-):  # fmt: skip
-    """Mini-batch SGD over rows perm[start:stop], batch_size rows at a time."""
-    cap = batch_size
-    for s in range(start, stop, batch_size):
-        e = min(s + batch_size, stop)
+def train_batches(X, Y, perm, start, stop, net, work, lr, momentum, decay):
+    """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time."""
+    cap = work.cap
+    for s in range(start, stop, cap):
+        e = min(s + cap, stop)
         m = e - s
-        gather_rows(X, perm[s:e], slot(Abuf, units, 0, cap, m))
-        Yb = Ybuf[: m * Y.shape[1]].reshape((m, Y.shape[1]))
-        gather_rows(Y, perm[s:e], Yb)
+        gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, m))
+        gather_rows(Y, perm[s:e], targets(work, Y.shape[1], m))
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
-        step(params, nabla, velocity, layout, units, acts, loss, Yb, Abuf, Zbuf, Dbuf, cap, m, 1.0 / m,
-             lr, momentum, decay, cost, True, keep)  # fmt: skip
+        step(net, work, m, 1.0 / m, lr, momentum, decay, True, keep)

@@ -11,7 +11,10 @@ ELEMENT_TYPES = ("float32", "float64", "int64")
 
 
 def _spec(arg):
-    """A launch argument's Numba type, as plain data: ("array", dtype, ndim, layout) or a scalar's name."""
+    """A launch argument's Numba type, as plain data: ("array", dtype, ndim, layout), a scalar's
+    name, or ("namedtuple", module, class name, (the fields' specs)) for the kernels' named tuples."""
+    if isinstance(arg, tuple) and hasattr(arg, "_fields"):
+        return ("namedtuple", type(arg).__module__, type(arg).__qualname__, tuple(_spec(a) for a in arg))
     if hasattr(arg, "dtype") and hasattr(arg, "ndim"):
         return ("array", str(arg.dtype), int(arg.ndim), "C" if arg.is_c_contiguous() else "A")
     if isinstance(arg, (bool, np.bool_)):
@@ -55,8 +58,8 @@ def record(monkeypatch) -> set[tuple]:
     for dtype in ("float32", "float64"):
         X, labels = rng.standard_normal((10, 6)), rng.integers(0, 3, 10)
         for path in ("layers", "epoch", "graph", "cublas", "cublas-graph"):
-            net = gpubp.Network([6, 5, 3], activation="tanh", output_activation="softmax", loss="log_likelihood",
-                                dtype=dtype, device="cuda", path=path, tuning=tuning)  # fmt: skip
+            softmax = dict(activation="tanh", output_activation="softmax", loss="log_likelihood")
+            net = gpubp.Network([6, 5, 3], **softmax, dtype=dtype, device="cuda", path=path, tuning=tuning)
             net.fit(X, labels, epochs=1, batch_size=4, validation=(X[:3], labels[:3]))
         # outputs of 64 x 64 take the register-blocked products
         wide = gpubp.Network([64, 64, 1], dtype=dtype, device="cuda", path="layers")

@@ -104,6 +104,19 @@ def test_counts_and_gather(rng):
     np.testing.assert_array_equal(dst, A[idx])
 
 
+def one_layer(W, b, gW, gb, vW, vb):
+    """A ``NetArrays`` of one layer: W, b, their gradient and velocity copied into flat arrays."""
+    n_out, n_in = W.shape
+    layout = np.array([[0, n_out * n_in, n_out, n_in]], np.int64)
+    flat = [np.concatenate([w.ravel(), c]) for w, c in ((W, b), (gW, gb), (vW, vb))]
+    return cpu.NetArrays(*flat, layout, np.array([0, n_in, n_in + n_out]), np.zeros(1, np.int64), 0)
+
+
+def layer(flat, n_out, n_in):
+    """(W, b) of a one-layer flat array."""
+    return flat[: n_out * n_in].reshape((n_out, n_in)), flat[n_out * n_in :]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 # blocks of 5 samples: none, one, two, two and leftovers; 10: one pass; 40: BLAS
 @pytest.mark.parametrize("m", [3, 5, 10, 12, 40])
@@ -114,15 +127,11 @@ def test_sgd_layer_plain_step_without_keeping_nabla(rng, dtype, m, n_out):
     n_in = 21
     delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
     W, b = rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
-    Wd, bd = W.astype(dtype), b.astype(dtype)
-    gW, gb, vW, vb = (
-        np.zeros((n_out, n_in), dtype),
-        np.zeros(n_out, dtype),
-        np.zeros((n_out, n_in), dtype),
-        np.zeros(n_out, dtype),
-    )
+    zeros = np.zeros((n_out, n_in), dtype), np.zeros(n_out, dtype)
+    net = one_layer(W.astype(dtype), b.astype(dtype), *zeros, *zeros)
     lr, scale = 0.7, 1 / m
-    cpu.sgd_layer(delta.astype(dtype), A_prev.astype(dtype), Wd, bd, gW, gb, vW, vb, lr, scale, 0.0, 0.0, False)
+    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, 0.0, 0.0, False)
+    Wd, bd = layer(net.params, n_out, n_in)
     close(Wd, W - lr * scale * delta.T @ A_prev, dtype)
     close(bd, b - lr * scale * delta.sum(axis=0), dtype)
 
@@ -134,14 +143,17 @@ def test_sgd_layer_is_bp3_bp4_and_the_update_fused(rng, dtype, m):
     n_out, n_in = 6, 9  # one block of four outputs and two left over
     delta, A_prev = rng.standard_normal((m, n_out)), rng.standard_normal((m, n_in))
     W, b, vW, vb = (rng.standard_normal(s) for s in ((n_out, n_in), n_out, (n_out, n_in), n_out))
-    Wd, bd, vWd, vbd = (x.astype(dtype) for x in (W, b, vW, vb))
-    gW, gb = np.full((n_out, n_in), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    nans = np.full((n_out, n_in), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    net = one_layer(*(x.astype(dtype) for x in (W, b)), *nans, *(x.astype(dtype) for x in (vW, vb)))
     lr, scale, momentum, decay = 0.3, 1 / m, 0.9, 0.01
-    cpu.sgd_layer(delta.astype(dtype), A_prev.astype(dtype), Wd, bd, gW, gb, vWd, vbd, lr, scale, momentum, decay)
+    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, momentum, decay, True)
     nabla_w, nabla_b = scale * delta.T @ A_prev, scale * delta.sum(axis=0)
+    gW, gb = layer(net.nabla, n_out, n_in)
     close(gW, nabla_w, dtype)
     close(gb, nabla_b, dtype)
     vW_new, vb_new = momentum * vW - lr * (nabla_w + decay * W), momentum * vb - lr * nabla_b
+    vWd, vbd = layer(net.velocity, n_out, n_in)
+    Wd, bd = layer(net.params, n_out, n_in)
     close(vWd, vW_new, dtype)
     close(Wd, W + vW_new, dtype)
     close(vbd, vb_new, dtype)

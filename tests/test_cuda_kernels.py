@@ -460,7 +460,7 @@ def test_training_step_on_views(dtype, rng):
 
 PTX_SCRIPT = textwrap.dedent(
     """
-    import json, re, sys, types
+    import importlib, json, re, sys, types
     import numba
     from numba import cuda
     from numba.cuda.cudadrv import nvvm
@@ -479,6 +479,9 @@ PTX_SCRIPT = textwrap.dedent(
     def numba_type(spec):
         if spec[0] == "array":
             return numba.types.Array(getattr(numba, spec[1]), spec[2], spec[3])
+        if spec[0] == "namedtuple":
+            cls = getattr(importlib.import_module(spec[1]), spec[2])
+            return numba.types.BaseTuple.from_types([numba_type(s) for s in spec[3]], cls)
         return getattr(numba, spec[0])
 
     for t, name, specs in json.load(open(sys.argv[1])):

@@ -57,6 +57,7 @@ def test_cpu_buffers_start_on_a_cache_line():
     assert z.ctypes.data % 64 == 0 and not z.any()
     net = gpubp.Network([7, 5, 3], dtype="float32", device="cpu", seed=2)
     s = net._schedule
-    assert all(a.ctypes.data % 64 == 0 for a in (s.params, s.nabla, s.velocity, *s.buffers(10)))
+    work = s.buffers(10)
+    assert all(a.ctypes.data % 64 == 0 for a in (s.params, s.nabla, s.velocity, work.A, work.Z, work.D, work.Y))
     expected = np.concatenate([w.ravel() for w in net.weights] + [b.ravel() for b in net.biases])
     np.testing.assert_array_equal(s.params, expected)

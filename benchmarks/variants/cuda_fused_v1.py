@@ -27,12 +27,13 @@ def build(T):
             Abuf[e] = X[perm[s + i], e - i * n0]
 
     @cuda.jit(device=True)
-    def _forward_v1(params, layout, units, acts, cap, m, Abuf, Zbuf, t, nt):
+    def _forward_v1(net, work, m, t, nt):
         """Forward, z = W a + b and a = f(z): one thread per output, operands from global memory."""
         one = T(1)
+        params, layout, acts, Abuf, Zbuf = net.params, net.layout, net.act_codes, work.A, work.Z
         for l in range(layout.shape[0]):
             w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-            a_in, out = cap * units[l], cap * units[l + 1]
+            a_in, out = work.cap * net.row_offsets[l], work.cap * net.row_offsets[l + 1]
             for e in range(t, m * n_out, nt):
                 i = e // n_out
                 j = e - i * n_out
@@ -46,25 +47,23 @@ def build(T):
             _softmax_layer(acts[l], m, n_out, out, Zbuf, Abuf, t, nt)
 
     @cuda.jit
-    def train_fused_v1(X, Y, perm, start, stop, cap, params, velocity, layout, units, acts, loss, Abuf, Zbuf, Dbuf,
-                       lr, momentum, decay, cost):  # fmt: skip
+    def train_fused_v1(X, Y, perm, start, stop, net, work, lr, momentum, decay):
         """v1, the reference: the fused epoch with every operand read from global memory."""
         t, nt = cuda.threadIdx.x, cuda.blockDim.x
-        for s in range(start, stop, cap):
-            m = min(cap, stop - s)
-            _gather_v1(X, perm, s, m, Abuf, t, nt)
+        for s in range(start, stop, work.cap):
+            m = min(work.cap, stop - s)
+            _gather_v1(X, perm, s, m, work.A, t, nt)
             cuda.syncthreads()
-            _forward_v1(params, layout, units, acts, cap, m, Abuf, Zbuf, t, nt)
-            _backward_update(Y, perm, s, m, params, velocity, layout, units, acts, loss, cap, Abuf, Zbuf, Dbuf,
-                             lr, momentum, decay, cost, t, nt)  # fmt: skip
+            _forward_v1(net, work, m, t, nt)
+            _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt)
 
     return train_fused_v1
 
 
-def train_batches(X, Y, perm, start: int, stop: int, batch_size: int, params, nabla, velocity, layout, units, acts,
-                  loss: int, Abuf, Ybuf, Zbuf, Dbuf, lr: float, momentum: float, decay: float, cost,
-                  stream=0, threads: int = fused.THREADS, shared: int = fused.SHARED) -> None:  # fmt: skip
-    """The contract of ``kernels.cuda.fused.train_batches``, run by train_fused_v1."""
-    build(numba_type(params.dtype))[1, threads, stream](X, Y, perm, start, stop, batch_size, params, velocity, layout,
-                                                       units, acts, loss, Abuf, Zbuf, Dbuf, lr, momentum, decay,
-                                                       cost)  # fmt: skip
+def train_batches(
+    X, Y, perm, start, stop, net, work, lr, momentum, decay, *, stream=0, threads=fused.THREADS, shared=0
+):
+    """The contract of ``kernels.cuda.fused.train_batches``, run by train_fused_v1 (which stages
+    nothing through shared memory: ``shared`` is ignored)."""
+    kernel = build(numba_type(net.params.dtype))
+    kernel[1, threads, stream](X, Y, perm, start, stop, net, work, lr, momentum, decay)

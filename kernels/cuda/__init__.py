@@ -21,7 +21,9 @@ One module per family of kernels:
 
 from types import SimpleNamespace
 
-# the launchers, under the names of kernels.cpu
+# the kernels' two named tuples (a network's arrays, the work buffers), and the launchers, under
+# the names of kernels.cpu
+from ..cpu import NetArrays, WorkBuffers  # noqa: F401
 from . import cublas, elementwise, fused, products  # noqa: F401
 from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas  # noqa: F401
 from .elementwise import (  # noqa: F401

@@ -7,7 +7,8 @@ instead of about a dozen per mini-batch: meant for small networks, whose mini-ba
 small to fill a GPU anyway. The stages are device functions that every thread of the block calls
 (t = this thread, nt = threads in the block). The forward products are staged through a shared
 buffer of ``shared`` elements; the plain version that reads every operand from global memory, its
-reference, is ``benchmarks/variants/cuda_fused_v1.py``.
+reference, is ``benchmarks/variants/cuda_fused_v1.py``. The network's arrays and the work buffers
+come as ``kernels.cpu``'s two named tuples, ``NetArrays`` and ``WorkBuffers``.
 """
 
 import functools
@@ -83,20 +84,21 @@ def build(T, shared: int = SHARED):
                 Abuf[e3] = v3
 
     @cuda.jit(device=True)
-    def _forward(params, layout, units, acts, cap, m, Abuf, Zbuf, sbuf, t, nt):
+    def _forward(net, work, m, sbuf, t, nt):
         """Forward, z = W a + b and a = f(z), the product staged through shared memory.
 
         For each chunk of kc input columns, the block copies the batch's a^(l-1)[:, chunk] and
         W[:, chunk] into ``sbuf`` (coalesced, along the rows), then each thread adds kc products
-        per output from shared memory to its partial sums, kept in Zbuf until the last chunk.
+        per output from shared memory to its partial sums, kept in work.Z until the last chunk.
         W's rows are padded to an odd stride so the threads of a warp, which read one column of
         W at different rows j, hit different banks.
         """
         one = T(1)
+        params, layout, acts, Abuf, Zbuf = net.params, net.layout, net.act_codes, work.A, work.Z
         for l in range(layout.shape[0]):
             w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-            a_in, out = cap * units[l], cap * units[l + 1]
-            kc = min(n_in, (sbuf.shape[0] - n_out) // (m + n_out))  # chunk width (>= 1: see fused_fits)
+            a_in, out = work.cap * net.row_offsets[l], work.cap * net.row_offsets[l + 1]
+            kc = min(n_in, (sbuf.shape[0] - n_out) // (m + n_out))  # chunk width (>= 1: see fits)
             kcp = kc | 1  # W's padded row stride in sbuf
             sW = m * kc  # W's chunk starts after the activations' chunk
             for k0 in range(0, n_in, kc):
@@ -118,24 +120,24 @@ def build(T, shared: int = SHARED):
             _softmax_layer(acts[l], m, n_out, out, Zbuf, Abuf, t, nt)
 
     @cuda.jit(device=True)
-    def _backward_update(Y, perm, s, m, params, velocity, layout, units, acts, loss, cap, Abuf, Zbuf, Dbuf,
-                         lr, momentum, decay, cost, t, nt):  # fmt: skip
+    def _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt):
         """BP1, then from layer L down: BP2 into delta^(l-1) (reading W^l before it changes), then
         BP4/BP3 and the SGD update of W^l and b^l, one parameter per step (coalesced along rows)."""
+        params, velocity, layout, acts = net.params, net.velocity, net.layout, net.act_codes
+        Abuf, Zbuf, Dbuf, cap = work.A, work.Z, work.D, work.cap
         L = layout.shape[0]
         one = T(1)
         scale = one / T(m)
         lr_, mom, dec = T(lr), T(momentum), T(decay)
-        n_L, o_L = layout[L - 1, 2], cap * units[L]
+        n_L, o_L = layout[L - 1, 2], cap * net.row_offsets[L]
         for i in range(t, m, nt):  # BP1, one thread per row
             r = o_L + i * n_L
-            c = output_error_row(Zbuf[r : r + n_L], Abuf[r : r + n_L], Y[perm[s + i]], Dbuf[r : r + n_L], loss,
-                                 acts[L - 1])  # fmt: skip
-            cuda.atomic.add(cost, 0, c)
+            Z, A, D = Zbuf[r : r + n_L], Abuf[r : r + n_L], Dbuf[r : r + n_L]
+            cuda.atomic.add(work.cost, 0, output_error_row(Z, A, Y[perm[s + i]], D, net.loss, acts[L - 1]))
         cuda.syncthreads()
         for l in range(L - 1, -1, -1):
             w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-            d, a_in = cap * units[l + 1], cap * units[l]
+            d, a_in = cap * net.row_offsets[l + 1], cap * net.row_offsets[l]
             if l > 0:  # BP2: delta^(l-1) = (W^l)^T delta^l ⊙ f'(z^(l-1))
                 for e in range(t, m * n_in, nt):
                     i = e // n_in
@@ -166,19 +168,18 @@ def build(T, shared: int = SHARED):
         cuda.syncthreads()  # the next batch overwrites the buffers this one read
 
     @cuda.jit
-    def train_fused(X, Y, perm, start, stop, cap, params, velocity, layout, units, acts, loss, Abuf, Zbuf, Dbuf,
-                    lr, momentum, decay, cost):  # fmt: skip
-        """Mini-batch SGD over rows perm[start:stop] in one thread block: for each batch, gather,
-        forward staged through shared memory (W read coalesced), then BP1, BP2, BP3/BP4 and the update."""
+    def train_fused(X, Y, perm, start, stop, net, work, lr, momentum, decay):
+        """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time, in one thread block:
+        for each batch, gather, forward staged through shared memory (W read coalesced), then BP1,
+        BP2, BP3/BP4 and the update."""
         sbuf = cuda.shared.array(shared, T)
         t, nt = cuda.threadIdx.x, cuda.blockDim.x
-        for s in range(start, stop, cap):
-            m = min(cap, stop - s)
-            _gather(X, perm, s, m, Abuf, t, nt)
+        for s in range(start, stop, work.cap):
+            m = min(work.cap, stop - s)
+            _gather(X, perm, s, m, work.A, t, nt)
             cuda.syncthreads()
-            _forward(params, layout, units, acts, cap, m, Abuf, Zbuf, sbuf, t, nt)
-            _backward_update(Y, perm, s, m, params, velocity, layout, units, acts, loss, cap, Abuf, Zbuf, Dbuf,
-                             lr, momentum, decay, cost, t, nt)  # fmt: skip
+            _forward(net, work, m, sbuf, t, nt)
+            _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt)
 
     # the stages too, for the numbered variants beside the benchmarks
     stages = SimpleNamespace(softmax_layer=_softmax_layer, backward_update=_backward_update)
@@ -191,11 +192,8 @@ def fits(batch_size: int, sizes: list[int], shared: int = SHARED) -> bool:
     return all(shared - n_out >= batch_size + n_out for n_out in sizes[1:])
 
 
-def train_batches(X, Y, perm, start: int, stop: int, batch_size: int, params, nabla, velocity, layout, units, acts,
-                  loss: int, Abuf, Ybuf, Zbuf, Dbuf, lr: float, momentum: float, decay: float, cost,
-                  stream=0, threads: int = THREADS, shared: int = SHARED) -> None:  # fmt: skip
+def train_batches(X, Y, perm, start, stop, net, work, lr, momentum, decay, *, stream=0, threads=THREADS, shared=SHARED):
     """Mini-batch SGD over rows perm[start:stop] in one launch (the contract of kernels.cpu.train_batches);
-    needs ``fits(batch_size, sizes, shared)``."""
-    kernel = build(numba_type(params.dtype), shared).train_fused
-    kernel[1, threads, stream](X, Y, perm, start, stop, batch_size, params, velocity, layout, units, acts, loss,
-                               Abuf, Zbuf, Dbuf, lr, momentum, decay, cost)  # fmt: skip
+    needs ``fits(work.cap, sizes, shared)``."""
+    kernel = build(numba_type(net.params.dtype), shared).train_fused
+    kernel[1, threads, stream](X, Y, perm, start, stop, net, work, lr, momentum, decay)
