@@ -11,7 +11,8 @@ quadratic), the best of many repeats of:
 - ``backprop``: the engine's backprop of a 10-row batch already in the work buffers;
 - ``forward``: the engine's forward of those 10 rows;
 - ``epoch``: ``Schedule.train_epoch`` over 1000 rows in batches of 10 (one ``train_batches`` call);
-- ``epoch_momentum``: the same with momentum 0.9 (the path that keeps the velocity).
+- ``epoch_momentum``: the same with momentum 0.9 (the path that keeps the velocity);
+- ``backprop_tiny``, ``forward_tiny``: those of one row at 4-3-2, where the call is most of the time.
 
 A round runs the versions back to back, so on a shared machine the ratio of a round's two times
 is steadier than either time; the median of the rounds' ratios is reported.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [784, 30, 10]
-CASES = ("step", "backprop", "forward", "epoch", "epoch_momentum")
+CASES = ("step", "backprop", "forward", "epoch", "epoch_momentum", "backprop_tiny", "forward_tiny")
 
 
 def _best_us(fn, calls: int, repeats: int) -> float:
@@ -54,23 +55,30 @@ def worker(repeats: int) -> dict[str, float]:
     from gpubp.schedule import Schedule
 
     rng = np.random.default_rng(0)
-    n_params = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))
-    params = (rng.standard_normal(n_params) * 0.1).astype(np.float32)
-    s = Schedule(backends.select("cpu"), SIZES, codes("sigmoid", "sigmoid", 2), loss_code("quadratic"), params)
+
+    def schedule(sizes: list[int]) -> Schedule:
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        params = (rng.standard_normal(n_params) * 0.1).astype(np.float32)
+        return Schedule(backends.select("cpu"), sizes, codes("sigmoid", "sigmoid", 2), loss_code("quadratic"), params)
+
+    s, tiny = schedule(SIZES), schedule([4, 3, 2])
     X = rng.random((1000, SIZES[0])).astype(np.float32)
     Y = np.eye(SIZES[-1], dtype=np.float32)[rng.integers(0, SIZES[-1], 1000)]
     order = rng.permutation(1000)
     X10, Y10 = X[:10], Y[:10]
     engine = s.engine()
-    v = s.views(10, 10)
+    v, v1 = s.views(10, 10), tiny.views(1, 1)
     s.backend.copy(X10, v.A[0])
     s.backend.copy(Y10, v.Y)
+    v1.A[0][...], v1.Y[...] = 0.5, 1.0
     fns = {
         "step": (lambda: s.step(X10, Y10, 0.01), 200),
         "backprop": (lambda: engine.backprop(v, 10, 10, 0.1), 200),
         "forward": (lambda: engine.forward(v, 10, 10), 500),
         "epoch": (lambda: s.train_epoch(X, Y, order, 10, 0.01, 0.0, 0.0), 2),
         "epoch_momentum": (lambda: s.train_epoch(X, Y, order, 10, 0.01, 0.9, 1e-4), 2),
+        "backprop_tiny": (lambda: tiny.engine().backprop(v1, 1, 1, 1.0), 1000),
+        "forward_tiny": (lambda: tiny.engine().forward(v1, 1, 1), 1000),
     }
     for fn, _ in fns.values():  # compile, or load Numba's cache
         fn()

@@ -75,20 +75,21 @@ class CpuEngine(Engine):
 
     def __init__(self, w: Workspace) -> None:
         super().__init__(w)
-        self._bound: dict[str, Any] = {}  # kernels called once per batch, bound to their argument types
-
-    def _call(self, name: str, *args: Any) -> None:
-        kernel = self._bound.get(name)
-        if kernel is None:
-            kernel = self._bound[name] = self.k.bind(getattr(self.k, name), *args)
-        kernel(*args)
+        self._feedforward: Any = None  # kernels.cpu.bind's feedforward and step, bound on first use
+        self._step: Any = None
 
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
-        self._call("feedforward", self.w.net, self.w.buffers(cap), int(m))
+        w = self.w
+        if self._feedforward is None:
+            self._feedforward = self.k.bind(self.k.feedforward, w.net, w.buffers(cap), 0)
+        self._feedforward(w.net, w.buffers(cap), m)
 
     def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
         """nabla = scale sum_x dC_x/dp over the batch of m rows in the work buffers; cost += sum_x C_x."""
-        self._call("step", self.w.net, self.w.buffers(cap), int(m), float(scale), 0.0, 0.0, 0.0, False, False)
+        w = self.w
+        if self._step is None:
+            self._step = self.k.bind(self.k.step, w.net, w.buffers(cap), 0, 0.0, 0.0, 0.0, 0.0, False, False)
+        self._step(w.net, w.buffers(cap), m, scale, 0.0, 0.0, 0.0, False, False)
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         # small batches train on one core: the gather of the shuffled rows goes to a second one
