@@ -5,6 +5,10 @@ measure? Alternates rounds of the end-to-end harness with every peer in this one
 harness before issue 22) and with each peer in a fresh process of its own, and prints each peer's
 median epoch in both and their ratio.
 
+``python -m benchmarks.probes calls``: the same question for one BLAS call: each of a few thousand
+128x784 @ 784x100 products timed on its own, with OpenBLAS's threads and with one, per --busy
+level (median, tail, and the CPU time the process used for them).
+
 ``python -m benchmarks.probes load``: why gpubp's epoch collapses when another process holds a
 core. With 0, 1, 2 ... spinning processes (``--busy``), each variant runs in a fresh process: a
 warm-up epoch, then ``--epochs`` timed ones, the variants interleaved over ``--rounds`` rounds:
@@ -204,9 +208,75 @@ def load(args) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# calls
+
+
+def calls(args) -> dict:
+    """Each call of one forward product of 784-100-10 at batch 128 (numpy's OpenBLAS, float32), timed
+    one by one, with OpenBLAS's own thread count and with one thread, at each --busy level: the
+    per-call cost of handing half of each product to a second thread, and its tail."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.random((128, 784), dtype=np.float32)
+    w = rng.random((100, 784), dtype=np.float32)
+    out = {"probe": "calls", "shape": "128x784 @ 784x100 (np.dot, float32)", "n": args.calls, "results": []}
+
+    def run(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            np.dot(a, w.T)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    print(f"{out['shape']}, {args.calls} calls each, interleaved over {args.rounds} rounds")
+    print("| busy | BLAS threads | median us | p90 us | p99 us | max ms | calls over 1 ms | total ms | CPU ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n in args.busy:
+        cells: dict[str, dict] = {}
+        with Spinners(n):
+            run(200)  # warm-up: the pool started, the data in cache
+            for rnd in range(args.rounds):
+                for label in ["as-is", "1"] if rnd % 2 == 0 else ["1", "as-is"]:
+                    settle()
+                    cpu0 = time.process_time()
+                    if label == "1":
+                        with threadpool_limits(limits=1, user_api="blas"):
+                            t = run(args.calls)
+                    else:
+                        t = run(args.calls)
+                    c = cells.setdefault(label, {"times": [], "cpu": 0.0})
+                    c["times"] += t
+                    c["cpu"] += time.process_time() - cpu0
+        for label, c in cells.items():
+            t = sorted(c["times"])
+            q = lambda f, t=t: t[min(len(t) - 1, int(f * len(t)))]  # noqa: E731
+            row = {
+                "busy": n,
+                "blas_threads": label,
+                "median_us": q(0.5) * 1e6,
+                "p90_us": q(0.9) * 1e6,
+                "p99_us": q(0.99) * 1e6,
+                "max_ms": t[-1] * 1e3,
+                "over_1ms": sum(x > 1e-3 for x in t) / len(t),
+                "total_ms": sum(t) * 1e3 / args.rounds,
+                "cpu_ms": c["cpu"] * 1e3 / args.rounds,
+            }
+            out["results"].append(row)
+            print(
+                f"| {n} | {label} | {row['median_us']:.0f} | {row['p90_us']:.0f} | {row['p99_us']:.0f} "
+                f"| {row['max_ms']:.2f} | {100 * row['over_1ms']:.1f}% | {row['total_ms']:.0f} | {row['cpu_ms']:.0f} |",
+                flush=True,
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.probes", description=__doc__.splitlines()[0])
-    ap.add_argument("probe", choices=["isolation", "load"])
+    ap.add_argument("probe", choices=["isolation", "load", "calls"])
     ap.add_argument("--config", action="append", choices=list(CONFIGS))
     ap.add_argument("--rows", type=int, default=60_000)
     ap.add_argument("--rounds", type=int, default=2)
@@ -215,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", type=int, nargs="+", default=[0, 1], help="load: spinning processes, each level")
     ap.add_argument("--peer", action="append", choices=list(end_to_end.worker.KINDS))
     ap.add_argument("--variant", action="append", choices=list(VARIANTS), help="load: BLAS variants (default all)")
+    ap.add_argument("--calls", type=int, default=2000, help="calls: products timed per round and variant")
     ap.add_argument("--out", type=Path, help="write the JSON record here")
     args = ap.parse_args(argv)
     record = {"date": today(), "machine": machine_info(), "versions": versions(), "args": vars(args) | {"out": None}}
     record["threadpools"] = fair.threadpools()
     record["blas_env_removed"] = fair.removed_overrides()
-    record.update(isolation(args) if args.probe == "isolation" else load(args))
+    record.update({"isolation": isolation, "load": load, "calls": calls}[args.probe](args))
     if args.out:
         args.out.write_text(json.dumps(record, indent=1, default=str) + "\n")
         print(f"wrote {args.out}")
