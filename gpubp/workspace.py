@@ -54,8 +54,8 @@ class Workspace:
         self.velocity = backend.zeros(params.shape, self.dtype)
         self.cost = backend.zeros(1, np.float64)  # summed over an epoch: float32 would lose digits
         self.count = backend.zeros(1, np.int64)
-        self.W, self.b = self._layer_views(self.params)
-        self.gW, self.gb = self._layer_views(self.nabla)
+        self.W, self.b = self.layer_views(self.params)
+        self.gW, self.gb = self.layer_views(self.nabla)
         self.net: NetArrays = self.k.NetArrays(
             self.params,
             self.nabla,
@@ -71,12 +71,16 @@ class Workspace:
         self._snapshot: tuple[Any, Any] | None = None  # the state before this epoch or step
         self.dist: Any = None  # a gpubp.distributed.Communicator during a distributed fit
 
-    def _layer_views(self, flat: Any) -> tuple[list[Any], list[Any]]:
+    def layer_views(self, flat: Any) -> tuple[list[Any], list[Any]]:
+        """Views (W^1..W^L, b^1..b^L) into a flat array (on the host or this device) laid out as the
+        parameters."""
         ws, bs = [], []
         for w_off, b_off, n_out, n_in in self.host_layout:
             ws.append(flat[w_off : w_off + n_out * n_in].reshape((n_out, n_in)))
             bs.append(flat[b_off : b_off + n_out])
         return ws, bs
+
+    _layer_views = layer_views  # the name gpubp.network still calls
 
     # -- work buffers -----------------------------------------------------------------------------
     def buffers(self, cap: int) -> WorkBuffers:
@@ -133,7 +137,7 @@ class Workspace:
 
     def split(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-layer copies (W^l, b^l) of a flat host array in the parameters' layout."""
-        ws, bs = self._layer_views(flat)
+        ws, bs = self.layer_views(flat)
         return [w.copy() for w in ws], [b.copy() for b in bs]
 
     def state(self, into: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
