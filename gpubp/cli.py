@@ -421,6 +421,7 @@ class _Training:
         started = time.perf_counter()
         self.progress.start()
         try:
+            sgd = {name: getattr(args, name) for name in ("momentum", "weight_decay", "lr_decay")}
             net.fit(
                 ds.X_train,
                 ds.y_train,
@@ -429,16 +430,10 @@ class _Training:
                 lr=self.lr,
                 validation=(ds.X_val, ds.y_val) if self.has_val else None,
                 callback=self._epoch_done,
-                momentum=args.momentum,
-                weight_decay=args.weight_decay,
-                lr_decay=args.lr_decay,
+                **sgd,
                 progress=self.progress,
                 comm=self.comm,
-                monitor="val_accuracy" if self.has_val else "epoch",  # without validation, the latest is kept
-                early_stopping=args.early_stopping,
-                checkpoint=self.saved,
-                restore_best=False,  # the test set scores the last epoch's model
-                baseline=baseline,
+                **self._tracking(baseline),
             )
         except KeyboardInterrupt as e:
             self.progress.close()
@@ -454,6 +449,16 @@ class _Training:
             self.diverged = str(e)
             print(f"{PROG}: {e}", file=sys.stderr)
         return time.perf_counter() - started
+
+    def _tracking(self, baseline: float | None) -> dict[str, Any]:
+        """fit's best-epoch arguments: validation accuracy (else the latest epoch) into --save."""
+        return {
+            "monitor": "val_accuracy" if self.has_val else "epoch",
+            "early_stopping": self.args.early_stopping,
+            "checkpoint": self.saved,
+            "restore_best": False,  # the test set scores the last epoch's model
+            "baseline": baseline,
+        }
 
     def _epoch_done(self, epoch: int, record: dict[str, Any]) -> None:
         """fit's callback: a line per epoch."""

@@ -538,7 +538,7 @@ class Network:
         s = self._schedule
         copy = s.backend.empty(s.params.shape, s.dtype)
         s.backend.copy(s.params, copy)
-        weights, biases = s._layer_views(copy)
+        weights, biases = s.layer_views(copy)
         return [backends.as_cupy(w) for w in weights], [backends.as_cupy(b) for b in biases]
 
     @_locked

@@ -173,6 +173,7 @@ class _MLPBase(BaseEstimator):
                 X, Y, test_size=self.validation_fraction, random_state=rs, stratify=stratify
             )
             validation, patience = (X_val, Y_val), self.n_iter_no_change
+        sgd = {name: getattr(self, name) for name in ("shuffle", "momentum", "weight_decay", "lr_decay")}
         history = net.fit(
             X,
             Y,
@@ -180,10 +181,7 @@ class _MLPBase(BaseEstimator):
             batch_size=self.batch_size,
             lr=decayed_lr(self.lr, self.lr_decay, net.epochs_trained),  # on where an earlier fit left the decay
             validation=validation,
-            shuffle=self.shuffle,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            lr_decay=self.lr_decay,
+            **sgd,
             early_stopping=patience,
             monitor="val_loss" if validation is not None else "auto",
             min_delta=self.tol,

@@ -80,8 +80,6 @@ class Workspace:
             bs.append(flat[b_off : b_off + n_out])
         return ws, bs
 
-    _layer_views = layer_views  # the name gpubp.network still calls
-
     # -- work buffers -----------------------------------------------------------------------------
     def buffers(self, cap: int) -> WorkBuffers:
         """The work buffers for batches of up to ``cap`` rows.
