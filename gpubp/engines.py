@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import prefetch
+from . import cores, prefetch
 from .workspace import Views, Workspace
 
 
@@ -35,6 +35,12 @@ class Engine:
         nw, velocity = w.n_weights, w.velocity if velocity is None else velocity
         self.k.sgd_update(w.params[:nw], w.nabla[:nw], velocity[:nw], lr, momentum, decay)
         self.k.sgd_update(w.params[nw:], w.nabla[nw:], velocity[nw:], lr, momentum, 0.0)
+
+    def sgd_step(self, v: Views, cap: int, m: int, lr: float) -> None:
+        """One plain SGD step on the batch in the work buffers: backprop, then v = -lr nabla goes
+        where nabla was, so the momentum state is neither read nor written."""
+        self.backprop(v, cap, m, 1.0 / m)
+        self.update(lr, 0.0, 0.0, velocity=self.w.nabla)
 
     def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         """Mini-batch SGD over rows order_d[start:stop] of X, one step call per batch.
@@ -91,12 +97,26 @@ class CpuEngine(Engine):
             self._step = self.k.bind(self.k.step, w.net, w.buffers(cap), 0, 0.0, 0.0, 0.0, 0.0, False, False)
         self._step(w.net, w.buffers(cap), m, scale, 0.0, 0.0, 0.0, False, False)
 
+    def sgd_step(self, v: Views, cap: int, m: int, lr: float) -> None:
+        """The step a batch of ``fit`` takes (``kernels.cpu.step``, plain SGD), with nabla standing
+        in for the velocity, so the momentum state is neither read nor written."""
+        w = self.w
+        with cores.one_blas_thread():
+            self.k.step(w.net._replace(velocity=w.nabla), w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
+
+    def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        with cores.one_blas_thread():
+            super().steps(X, Y, order_d, start, stop, batch_size, hyper)
+
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
-        # small batches train on one core: the gather of the shuffled rows goes to a second one
-        if prefetch.worth_it(stop - start, batch_size, self.k.BLAS_ROWS):
-            prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
-            return
-        super().whole_epoch(X, Y, order, start, stop, batch_size, hyper)
+        """The products on this thread (BLAS on one thread: ``gpubp.cores``) and, with a second
+        core, the gather of the shuffled rows on a helper thread (``gpubp.prefetch``)."""
+        gather_aside = prefetch.worth_it(stop - start, batch_size)  # asks for the user's thread limit: first
+        with cores.one_blas_thread():
+            if gather_aside:
+                prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
+            else:
+                super().whole_epoch(X, Y, order, start, stop, batch_size, hyper)
 
 
 class CudaEngine(Engine):

@@ -10,11 +10,12 @@ The result is the same: the same rows in the same order, the same kernels.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from . import cores
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -33,10 +34,10 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def worth_it(n_rows: int, batch_size: int, blas_rows: int) -> bool:
-    """A second core is there, the rows are more than one chunk, and the batches are small enough
-    for the training to run on one core (from ``blas_rows`` rows up BLAS uses every core)."""
-    return (os.cpu_count() or 1) >= 2 and n_rows > max(CHUNK_ROWS, 2 * batch_size) and batch_size < blas_rows
+def worth_it(n_rows: int, batch_size: int) -> bool:
+    """The training may use a second thread (``gpubp.cores.threads``: the products run on this one)
+    and the rows are more than one chunk."""
+    return n_rows > max(CHUNK_ROWS, 2 * batch_size) and cores.threads() >= 2
 
 
 def whole_epoch(

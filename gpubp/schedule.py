@@ -211,10 +211,13 @@ class Schedule(Workspace):
         return v
 
     def step(self, X: Any, Y: Any, lr: float) -> None:
-        """One plain SGD step on the batch X: v = -lr nabla goes where nabla was, so the momentum
-        state is neither read nor written."""
-        self.gradients(X, Y)
-        self.engine().update(lr, 0.0, 0.0, velocity=self.nabla)
+        """One plain SGD step on the batch X, as a batch of ``fit`` takes it (``Engine.sgd_step``);
+        the momentum state is neither read nor written."""
+        n = X.shape[0]
+        v = self.views(n, n)
+        self.backend.copy(X, v.A[0])
+        self.backend.copy(Y, v.Y)
+        self.engine().sgd_step(v, n, n, lr)
 
     # -- evaluation -------------------------------------------------------------------------------
     def feedforward_rows(self, X: Any, s: int, e: int, cap: int) -> Views:

@@ -60,52 +60,20 @@ BLAS_ROWS = 32
 
 
 @dot_jit
-def weighted_input_2x4(A_prev, W, b, Z):
-    """Z = A_prev W^T + b with loops blocked 2 rows x 4 outputs: eight sums share six loads."""
+def weighted_input(A_prev, W, b, Z):
+    """Z = A_prev W^T + b, blocked 5 rows x 4 outputs: twenty sums (vectors along k) share nine
+    loads, so each loaded value feeds 4-5 multiply-adds. Rows past the last whole block of five
+    go through the same block with the last row repeated (and not stored twice), so every row is
+    summed by the same code: a row's z does not depend on the rows batched with it."""
     m, n_in = A_prev.shape
     n_out = W.shape[0]
     n4 = n_out - n_out % 4
     zero = Z.dtype.type(0)
-    for i in range(0, m, 2):
-        a, c = A_prev[i], A_prev[min(i + 1, m - 1)]  # an odd last row is done twice
-        for j in range(0, n4, 4):
-            w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
-            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = zero
-            for k in range(n_in):
-                s0 += a[k] * w0[k]
-                s1 += a[k] * w1[k]
-                s2 += a[k] * w2[k]
-                s3 += a[k] * w3[k]
-                t0 += c[k] * w0[k]
-                t1 += c[k] * w1[k]
-                t2 += c[k] * w2[k]
-                t3 += c[k] * w3[k]
-            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s0 + b[j], s1 + b[j + 1], s2 + b[j + 2], s3 + b[j + 3]
-            if i + 1 < m:
-                Z[i + 1, j], Z[i + 1, j + 1] = t0 + b[j], t1 + b[j + 1]
-                Z[i + 1, j + 2], Z[i + 1, j + 3] = t2 + b[j + 2], t3 + b[j + 3]
-        for j in range(n4, n_out):
-            w = W[j]
-            s = t = zero
-            for k in range(n_in):
-                s += a[k] * w[k]
-                t += c[k] * w[k]
-            Z[i, j] = s + b[j]
-            if i + 1 < m:
-                Z[i + 1, j] = t + b[j]
-
-
-@dot_jit
-def weighted_input(A_prev, W, b, Z):
-    """Z = A_prev W^T + b, blocked 5 rows x 4 outputs: twenty sums (vectors along k) share nine
-    loads, so each loaded value feeds 4-5 multiply-adds; the rows past the last block of five go
-    through the 2 x 4 loops."""
-    m, n_in = A_prev.shape
-    n_out = W.shape[0]
-    m5, n4 = m - m % 5, n_out - n_out % 4
-    zero = Z.dtype.type(0)
-    for i in range(0, m5, 5):
-        a0, a1, a2, a3, a4 = A_prev[i], A_prev[i + 1], A_prev[i + 2], A_prev[i + 3], A_prev[i + 4]
+    last = m - 1
+    for i in range(0, m, 5):
+        a0, a1, a2 = A_prev[i], A_prev[min(i + 1, last)], A_prev[min(i + 2, last)]
+        a3, a4 = A_prev[min(i + 3, last)], A_prev[min(i + 4, last)]
+        rows = min(5, m - i)
         for j in range(0, n4, 4):
             w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
             s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = zero
@@ -134,10 +102,14 @@ def weighted_input(A_prev, W, b, Z):
                 s43 += a4[k] * x3
             b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
             Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s00 + b0, s01 + b1, s02 + b2, s03 + b3
-            Z[i + 1, j], Z[i + 1, j + 1], Z[i + 1, j + 2], Z[i + 1, j + 3] = s10 + b0, s11 + b1, s12 + b2, s13 + b3
-            Z[i + 2, j], Z[i + 2, j + 1], Z[i + 2, j + 2], Z[i + 2, j + 3] = s20 + b0, s21 + b1, s22 + b2, s23 + b3
-            Z[i + 3, j], Z[i + 3, j + 1], Z[i + 3, j + 2], Z[i + 3, j + 3] = s30 + b0, s31 + b1, s32 + b2, s33 + b3
-            Z[i + 4, j], Z[i + 4, j + 1], Z[i + 4, j + 2], Z[i + 4, j + 3] = s40 + b0, s41 + b1, s42 + b2, s43 + b3
+            if rows > 1:
+                Z[i + 1, j], Z[i + 1, j + 1], Z[i + 1, j + 2], Z[i + 1, j + 3] = s10 + b0, s11 + b1, s12 + b2, s13 + b3
+            if rows > 2:
+                Z[i + 2, j], Z[i + 2, j + 1], Z[i + 2, j + 2], Z[i + 2, j + 3] = s20 + b0, s21 + b1, s22 + b2, s23 + b3
+            if rows > 3:
+                Z[i + 3, j], Z[i + 3, j + 1], Z[i + 3, j + 2], Z[i + 3, j + 3] = s30 + b0, s31 + b1, s32 + b2, s33 + b3
+            if rows > 4:
+                Z[i + 4, j], Z[i + 4, j + 1], Z[i + 4, j + 2], Z[i + 4, j + 3] = s40 + b0, s41 + b1, s42 + b2, s43 + b3
         for j in range(n4, n_out):
             w = W[j]
             t0 = t1 = t2 = t3 = t4 = zero
@@ -148,9 +120,15 @@ def weighted_input(A_prev, W, b, Z):
                 t3 += a3[k] * w[k]
                 t4 += a4[k] * w[k]
             c = b[j]
-            Z[i, j], Z[i + 1, j], Z[i + 2, j], Z[i + 3, j], Z[i + 4, j] = t0 + c, t1 + c, t2 + c, t3 + c, t4 + c
-    if m5 < m:
-        weighted_input_2x4(A_prev[m5:], W, b, Z[m5:])
+            Z[i, j] = t0 + c
+            if rows > 1:
+                Z[i + 1, j] = t1 + c
+            if rows > 2:
+                Z[i + 2, j] = t2 + c
+            if rows > 3:
+                Z[i + 3, j] = t3 + c
+            if rows > 4:
+                Z[i + 4, j] = t4 + c
 
 
 def sigmoid_row(z, a, bits):
@@ -477,28 +455,31 @@ def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep):
     """BP3, BP4 and the SGD step of the layer in row l of net.layout, fused: each row of nabla_w
     is used while in cache.
 
-    The same result as weight_gradient, bias_gradient and sgd_update in turn. With ``keep`` false
-    and plain SGD (momentum = decay = 0) nabla_w and vel_w are not written: the step is taken in
-    the gradient's last pass (for every batch of an epoch but the last).
+    Plain SGD (momentum = decay = 0) steps by W -= (lr scale) sum_x delta a^T from the unscaled
+    sum, in the gradient's own pass, whatever ``keep`` says: every batch of ``fit`` and every
+    ``step()`` take the same arithmetic. With ``keep`` nabla_w and vel_w are then written as
+    weight_gradient and sgd_update would leave them (the last batch of an epoch); without, they
+    are scratch. Otherwise: weight_gradient, then sgd_update with momentum and weight decay.
     """
     W, b = weights(net.params, net.layout, l)
     nabla_w, nabla_b = weights(net.nabla, net.layout, l)
     vel_w, vel_b = weights(net.velocity, net.layout, l)
-    plain = momentum == 0 and decay == 0 and not keep
-    if Delta.shape[0] >= BLAS_ROWS and plain:  # one BLAS call, then W -= (lr scale) sum in one pass
-        np.dot(Delta.T, A_prev, nabla_w)
-        w, g, lrs = W.ravel(), nabla_w.ravel(), W.dtype.type(lr * scale)
-        for k in range(w.shape[0]):
-            w[k] -= lrs * g[k]
-    elif Delta.shape[0] >= BLAS_ROWS:
+    if momentum == 0 and decay == 0:
+        if Delta.shape[0] >= BLAS_ROWS:  # one BLAS call, then W -= (lr scale) sum in one pass
+            np.dot(Delta.T, A_prev, nabla_w)
+            w, g, lrs = W.ravel(), nabla_w.ravel(), W.dtype.type(lr * scale)
+            for k in range(w.shape[0]):
+                w[k] -= lrs * g[k]
+        else:
+            gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
+        if keep:  # the record of this step: nabla = dC/dW, v = -lr nabla
+            weight_gradient(Delta, A_prev, scale, nabla_w)
+            g, v, t = nabla_w.ravel(), vel_w.ravel(), W.dtype.type(lr)
+            for k in range(g.shape[0]):
+                v[k] = -t * g[k]
+    else:
         weight_gradient(Delta, A_prev, scale, nabla_w)
         sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
-    elif plain:
-        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
-    else:
-        gradient_step(Delta, A_prev, W, nabla_w, lr, scale, False)
-        for j in range(W.shape[0]):
-            sgd_update(W[j], nabla_w[j], vel_w[j], lr, momentum, decay)
     bias_gradient(Delta, scale, nabla_b)
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
 

@@ -158,3 +158,21 @@ def test_sgd_layer_is_bp3_bp4_and_the_update_fused(rng, dtype, m):
     close(Wd, W + vW_new, dtype)
     close(vbd, vb_new, dtype)
     close(bd, b + vb_new, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_rows_z_does_not_depend_on_the_rows_batched_with_it(dtype):
+    """Below cpu.BLAS_ROWS every row goes through the same 5 x 4 block (leftover rows too), so
+    predict on one row, on a few and on all of them gives the same bits (scikit-learn's
+    subset-invariance check)."""
+    rng = np.random.default_rng(3)
+    A_prev, W, b = rng.random((23, 37)).astype(dtype), rng.standard_normal((11, 37)).astype(dtype), rng.random(11)
+    b = b.astype(dtype)
+    whole = np.empty((23, 11), dtype)
+    cpu.weighted_input(A_prev, W, b, whole)
+    for size in (1, 2, 3, 4, 6, 7):
+        for s in range(0, 23, size):
+            part = np.empty((min(size, 23 - s), 11), dtype)
+            cpu.weighted_input(A_prev[s : s + size], W, b, part)
+            np.testing.assert_array_equal(part, whole[s : s + size])
+    np.testing.assert_allclose(whole, A_prev.astype(float) @ W.T.astype(float) + b, rtol=1e-5)

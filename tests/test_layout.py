@@ -73,9 +73,10 @@ def private_names_of_others(path: Path) -> list[str]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             own.update(t.id for t in targets if isinstance(t, ast.Name))
     used = []
+    public = {"_replace", "_asdict", "_fields", "_make"}  # a named tuple's API, underscored to avoid field names
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            if node.attr not in own:
+            if node.attr not in own | public:
                 used.append(f"{path.name}:{node.lineno}: .{node.attr}")
     return used
 

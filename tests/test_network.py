@@ -727,3 +727,22 @@ def test_gpu_input_gives_gpu_output_and_parameters_come_out_on_the_gpu(rng):
         gpubp.Network([6, 5, 3], device="cpu").predict(cuda.to_device(X))
     with pytest.raises(TypeError, match="for a network on CUDA"):
         gpubp.Network([6, 5, 3], device="cpu").device_parameters()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 7, 10, 40, 70])  # both sides of the BLAS switch (cpu.BLAS_ROWS = 32)
+def test_fit_is_a_loop_of_step_bitwise(dtype, batch):
+    """On the CPU, fit(shuffle=False) over 3 epochs equals step() over the same batches, bit for bit
+    (a 4-layer net, a short last batch), and step leaves the momentum state as it was."""
+    rng = np.random.default_rng(5)
+    X, labels = rng.random((150, 6)), rng.integers(0, 3, 150)
+    kw = dict(activation="tanh", output_activation="softmax", loss="log_likelihood", dtype=dtype, device="cpu")
+    fitted = gpubp.Network([6, 9, 7, 3], seed=4, **kw)
+    fitted.fit(X, labels, epochs=3, batch_size=batch, lr=0.3, shuffle=False)
+    stepped = gpubp.Network([6, 9, 7, 3], seed=4, **kw)
+    for _ in range(3):
+        for s in range(0, 150, batch):
+            stepped.step(X[s : s + batch], labels[s : s + batch], 0.3)
+    for a, b in zip(fitted.weights + fitted.biases, stepped.weights + stepped.biases, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert stepped.state_dict().velocity is None  # step() never touched it

@@ -12,7 +12,7 @@ def test_prefetched_epoch_is_minibatch_sgd_in_the_shuffled_order(rng, monkeypatc
     """Three chunks (the last one short, and with a short last batch) of shuffled rows: the
     parameters equal the reference's steps over the same permutation, batch by batch."""
     monkeypatch.setattr(prefetch, "CHUNK_ROWS", 40)
-    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)  # a second core, even on a 1-core CI runner
+    monkeypatch.setattr(prefetch.cores, "threads", lambda: 2)  # a second core, even on a 1-core CI runner
     calls = []
     real = prefetch.whole_epoch
     monkeypatch.setattr(prefetch, "whole_epoch", lambda *a: calls.append(a[4:6]) or real(*a))
@@ -35,13 +35,37 @@ def test_prefetched_epoch_is_minibatch_sgd_in_the_shuffled_order(rng, monkeypatc
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
-def test_not_for_one_core_one_chunk_or_blas_batches(monkeypatch):
-    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 2)
-    assert prefetch.worth_it(60_000, 10, 32)
-    assert not prefetch.worth_it(prefetch.CHUNK_ROWS, 10, 32)  # one chunk: nothing to overlap
-    assert not prefetch.worth_it(60_000, 128, 32)  # BLAS already uses every core
-    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: 1)
-    assert not prefetch.worth_it(60_000, 10, 32)
+def test_not_for_one_thread_or_one_chunk(monkeypatch):
+    from gpubp import cores
+
+    monkeypatch.setattr(cores, "threads", lambda: 2)
+    assert prefetch.worth_it(60_000, 10) and prefetch.worth_it(60_000, 128)  # BLAS runs on one thread
+    assert not prefetch.worth_it(prefetch.CHUNK_ROWS, 10)  # one chunk: nothing to overlap
+    monkeypatch.setattr(cores, "threads", lambda: 1)
+    assert not prefetch.worth_it(60_000, 10)
+
+
+def test_the_threads_gpubp_uses_follow_the_users_blas_limit():
+    """gpubp trains with BLAS on one thread, gives the user's limit back, and uses no more threads
+    than the user allowed the BLAS."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gpubp import cores
+
+    def blas_threads():
+        return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+    before = blas_threads()
+    with cores.one_blas_thread():
+        assert blas_threads() == [1]
+    assert blas_threads() == before
+    with threadpool_limits(1, "blas"):
+        assert cores.threads() == 1
+        assert not prefetch.worth_it(60_000, 10)
+    net = gpubp.Network([6, 5, 3], device="cpu", seed=0)
+    X, y = np.random.default_rng(0).random((3000, 6)), np.arange(3000) % 3
+    net.fit(X, y, epochs=1, batch_size=64)
+    assert blas_threads() == before
 
 
 def test_cpu_buffers_start_on_a_cache_line():

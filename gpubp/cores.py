@@ -1,0 +1,44 @@
+"""How gpubp's CPU training uses the cores: the products on the calling thread, the gather of
+shuffled rows on a second one.
+
+A BLAS call that hands half a product to a second thread waits for it at the end of the call. On
+a machine doing other things too that thread often has no core, and the caller waits a whole
+scheduler slice: measured on the 2-core VM at 784-100-10, batch 128, an epoch took 0.34 s idle
+and 8.3 s (0.8-17 s) with one other busy process, against 0.40 s either way with BLAS on one
+thread (benchmarks/NOTES.md, issue 22). So while gpubp trains on the CPU, the BLAS it calls runs on
+one thread (``one_blas_thread``, through threadpoolctl; a limit the user set is kept if lower),
+and a second core, if this process may use one, gathers the next rows (``gpubp.prefetch``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import Any
+
+_controller: Any = None
+
+
+def _blas() -> Any:
+    """threadpoolctl's handle on the BLAS libraries loaded here, made once (numba's np.dot calls
+    SciPy's OpenBLAS, loaded first so that the handle sees it)."""
+    global _controller
+    if _controller is None:
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController().select(user_api="blas")
+    return _controller
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """Within it, every BLAS library runs each call on the calling thread alone."""
+    return _blas().limit(limits=1)
+
+
+def threads() -> int:
+    """How many threads gpubp's CPU training may run: the cores this process may use, or fewer if
+    the user limited the BLAS to fewer (threadpoolctl, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limits = [lib["num_threads"] for lib in _blas().info()]
+    return max(1, min([cores, *limits]))
