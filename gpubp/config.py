@@ -27,100 +27,72 @@ class InvalidParameter(ValueError, TypeError):
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter's type and range.
+    """One parameter's type and range, and the words that say them.
 
-    ``kind``: "int", "real", "bool", "choice", "callable" or "path". For numbers, ``low``/``high`` bound the
-    value (``low_open``/``high_open`` exclude the bound; a real is always finite). ``choices`` for
-    "choice". ``none``: None is accepted too (and means "not used").
+    ``kind``: "int", "real" (always finite), "bool", "choice", "callable" or "path". ``low``/``high``
+    bound a number (``open``: which bounds are excluded, "low", "high" or "both"); ``choices`` for
+    "choice"; ``none``: None is accepted too (and means "not used").
     """
 
     kind: str
+    words: str = ""
     low: float | None = None
     high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
+    open: str = ""
     choices: tuple[Any, ...] = ()
     none: bool = False
 
     @property
     def what(self) -> str:
         """The accepted values in words: "a positive integer", "a number in [0, 1)", ..."""
-        if self.kind == "bool":
-            words = "True or False"
-        elif self.kind == "callable":
-            words = "a callable"
-        elif self.kind == "path":
-            words = "a file path"
-        elif self.kind == "choice":
-            words = "one of " + ", ".join(repr(c) for c in self.choices)
-        else:
-            noun = "integer" if self.kind == "int" else "number"
-            lo, hi = self.low, self.high
-            if lo == 0 and self.low_open and hi is None:
-                words = f"a positive {noun}"
-            elif lo == 1 and self.kind == "int" and hi is None:
-                words = "a positive integer"
-            elif lo == 0 and hi is None:
-                words = f"a non-negative {noun}" if self.kind == "int" else "a number >= 0"
-            elif lo is None and hi is None:
-                words = f"a finite {noun}"
-            elif hi is None:
-                words = f"a {noun} {'>' if self.low_open else '>='} {lo:g}"
-            else:
-                left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-                words = f"a {noun} in {left}{lo:g}, {hi:g}{right}"
+        words = self.words or "one of " + ", ".join(repr(c) for c in self.choices)
         return f"None or {words}" if self.none else words
 
 
-def _int(low: int = 1, none: bool = False) -> Param:
-    return Param("int", low=low, none=none)
+def _choice(*choices: Any, none: bool = False) -> Param:
+    return Param("choice", choices=choices, none=none)
 
 
-def _real(low=None, high=None, low_open=False, high_open=False, none=False) -> Param:  # noqa: ANN001
-    return Param("real", low, high, low_open, high_open, none=none)
-
-
-_positive = _real(0, low_open=True)
-_fraction = _real(0, 1, low_open=True, high_open=True)
-_flag = Param("bool")
+_positive_int = Param("int", "a positive integer", low=1)
+_flag = Param("bool", "True or False")
 
 # Every user-facing parameter, declared once. The estimators' and the command line's names for
 # the same quantity map onto these (``check(..., name=...)`` keeps the caller's name in the error).
 PARAMETERS: dict[str, Param] = {
     # the network
-    "activation": Param("choice", choices=tuple(a for a in ACTIVATIONS if a != "softmax")),
-    "output_activation": Param("choice", choices=ACTIVATIONS, none=True),
-    "loss": Param("choice", choices=LOSSES),
-    "init": Param("choice", choices=("scaled", "standard")),
-    "dtype": Param("choice", choices=("float32", "float64")),
-    "device": Param("choice", choices=("auto", "cpu", "cuda")),
-    "seed": _int(0, none=True),
+    "activation": _choice(*(a for a in ACTIVATIONS if a != "softmax")),
+    "output_activation": _choice(*ACTIVATIONS, none=True),
+    "loss": _choice(*LOSSES),
+    "init": _choice("scaled", "standard"),
+    "dtype": _choice("float32", "float64"),
+    "device": _choice("auto", "cpu", "cuda"),
+    "seed": Param("int", "a non-negative integer", low=0, none=True),
     # training
-    "epochs": _int(),
-    "batch_size": _int(),
-    "lr": _positive,
-    "lr_decay": _real(0, 1, low_open=True),
-    "momentum": _real(0, 1, high_open=True),
-    "weight_decay": _real(0),
+    "epochs": _positive_int,
+    "batch_size": _positive_int,
+    "lr": Param("real", "a positive number", low=0, open="low"),
+    "lr_decay": Param("real", "a number in (0, 1]", low=0, high=1, open="low"),
+    "momentum": Param("real", "a number in [0, 1)", low=0, high=1, open="high"),
+    "weight_decay": Param("real", "a number >= 0", low=0),
     "shuffle": _flag,
-    "callback": Param("callable", none=True),
-    "progress": Param("callable", none=True),
+    "callback": Param("callable", "a callable", none=True),
+    "progress": Param("callable", "a callable", none=True),
     # validation, early stopping and checkpoints (gpubp.training)
-    "validation_split": _real(0, 1, low_open=True, high_open=True, none=True),
-    "early_stopping": _int(none=True),  # the patience, in epochs
-    "monitor": Param("choice", choices=("auto", "val_loss", "val_accuracy", "loss", "epoch")),
-    "min_delta": _real(0),
+    "validation_split": Param("real", "a number in (0, 1)", low=0, high=1, open="both", none=True),
+    "early_stopping": Param("int", "a positive integer", low=1, none=True),  # the patience, in epochs
+    "monitor": _choice("auto", "val_loss", "val_accuracy", "loss", "epoch"),
+    "min_delta": Param("real", "a number >= 0", low=0),
     "restore_best": _flag,
-    "baseline": _real(none=True),
-    "checkpoint": Param("path", none=True),
+    "baseline": Param("real", "a finite number", none=True),
+    "checkpoint": Param("path", "a file path", none=True),
     # the estimators' own (gpubp.sklearn); their early_stopping is a switch, not a patience
     "MLP.early_stopping": _flag,
-    "validation_fraction": _fraction,
-    "n_iter_no_change": _int(),
-    "tol": _real(0),
+    "validation_fraction": Param("real", "a number in (0, 1)", low=0, high=1, open="both"),
+    "n_iter_no_change": _positive_int,
+    "tol": Param("real", "a number >= 0", low=0),
     "warm_start": _flag,
     # the command line's own
-    "precision": _int(),
+    "precision": _positive_int,
 }
 
 
@@ -155,9 +127,9 @@ def check(key: str, value: Any, name: str | None = None, text: str | None = None
     v = int(value) if p.kind == "int" else float(value)
     ok = math.isfinite(v)
     if ok and p.low is not None:
-        ok = v > p.low if p.low_open else v >= p.low
+        ok = v > p.low if p.open in ("low", "both") else v >= p.low
     if ok and p.high is not None:
-        ok = v < p.high if p.high_open else v <= p.high
+        ok = v < p.high if p.open in ("high", "both") else v <= p.high
     if not ok:
         raise InvalidParameter(f"{name} must be {p.what}, got {got}")
     return v

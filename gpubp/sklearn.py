@@ -34,7 +34,7 @@ try:
 except ImportError as e:
     raise ImportError(f'gpubp.sklearn needs scikit-learn >= 1.6 ({e}): pip install "gpubp[sklearn]"') from None
 
-from .config import check
+from .config import InvalidParameter, check, check_sizes
 from .network import Network
 from .training import decayed_lr
 
@@ -48,13 +48,9 @@ CHECKED += ("weight_decay", "lr_decay", "shuffle", "validation_fraction", "n_ite
 def _hidden_sizes(hidden_layer_sizes: Any) -> list[int]:
     sizes = [hidden_layer_sizes] if isinstance(hidden_layer_sizes, numbers.Integral) else hidden_layer_sizes
     try:
-        sizes = list(sizes)
-    except TypeError:
-        raise TypeError(f"hidden_layer_sizes must be a tuple of layer widths, got {hidden_layer_sizes!r}") from None
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-            raise ValueError(f"hidden_layer_sizes must hold positive integers, got {hidden_layer_sizes!r}")
-    return [int(s) for s in sizes]
+        return list(check_sizes([1, *sizes, 1])[1:-1])
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"hidden_layer_sizes must hold positive integers, got {hidden_layer_sizes!r}") from None
 
 
 class _MLPBase(BaseEstimator):
