@@ -15,7 +15,7 @@ from gpubp.kernels.cuda.common import f, numba_type
 @functools.cache
 def build(T):
     """The v1 fused kernel for element type ``T``."""
-    stages = fused.build(T, fused.SHARED).stages
+    stages, U = fused.build(T, fused.SHARED).stages, fused.U
     _softmax_layer, _backward_update = stages.softmax_layer, stages.backward_update
 
     @cuda.jit(device=True)
@@ -44,7 +44,7 @@ def build(T):
                 if acts[l] != SOFTMAX:
                     Abuf[out + e] = f(acc, acts[l], one)
             cuda.syncthreads()
-            _softmax_layer(acts[l], m, n_out, out, Zbuf, Abuf, t, nt)
+            _softmax_layer(acts[l], U(m), U(n_out), U(out), Zbuf, Abuf, U(t), U(nt))  # the stages' unsigned indices
 
     @cuda.jit
     def train_fused_v1(X, Y, perm, start, stop, net, work, lr, momentum, decay):
@@ -55,7 +55,7 @@ def build(T):
             _gather_v1(X, perm, s, m, work.A, t, nt)
             cuda.syncthreads()
             _forward_v1(net, work, m, t, nt)
-            _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt)
+            _backward_update(Y, perm, U(s), U(m), net, work, lr, momentum, decay, U(t), U(nt))
 
     return train_fused_v1
 

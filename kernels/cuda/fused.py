@@ -14,6 +14,7 @@ come as ``kernels.cpu``'s two named tuples, ``NetArrays`` and ``WorkBuffers``.
 import functools
 from types import SimpleNamespace
 
+import numba
 from numba import cuda
 
 from ..activations import SOFTMAX
@@ -21,6 +22,13 @@ from .common import f, fprime, numba_type, output_error_row, softmax_row
 
 THREADS = 512  # the one block's threads
 SHARED = 4096  # elements of the shared buffer the forward products are staged through
+
+# Indices are unsigned: Numba wraps a negative signed index around (a compare and a select on
+# every index), and divides signed 64-bit integers by a call. Every index below is a uint64
+# (never mixed with a signed integer, which Numba would promote to float64), and a quotient is
+# taken of two uint32, which LLVM narrows to a 32-bit division (a few instructions, no call).
+U = numba.uint64
+U32 = numba.uint32
 
 
 @functools.cache
@@ -32,49 +40,78 @@ def build(T, shared: int = SHARED):
     def _softmax_layer(act, m, n_out, out, Zbuf, Abuf, t, nt):
         """a = softmax(z) for each row of a softmax layer (a no-op for other activations)."""
         if act == SOFTMAX:
-            for i in range(t, m, nt):
+            i = t
+            while i < m:  # not range(t, m, nt): Numba counts its trips by a 64-bit division
                 r = out + i * n_out
                 softmax_row(Zbuf[r : r + n_out], Abuf[r : r + n_out])
+                i += nt
             cuda.syncthreads()
 
     @cuda.jit(device=True)
+    def _dot(x, i, di, y, j, dj, n, acc):
+        """acc + sum over k < n of x[i + k di] y[j + k dj]: the multiply-adds of every product of
+        the epoch (z = W a + b, BP2, BP4). Unsigned indices bumped by their strides: each step is two
+        loads and an FFMA, and LLVM unrolls it."""
+        end = i + n * di
+        while i < end:
+            acc += x[i] * y[j]
+            i += di
+            j += dj
+        return acc
+
+    @cuda.jit(device=True)
+    def _div(e, n):
+        """(e // n, e % n) for unsigned e, n below 2^32, by a 32-bit division."""
+        q = U(U32(e) // U32(n))
+        return q, e - q * n
+
+    @cuda.jit(device=True)
     def _stage(src, off, stride, rows, k0, w, dst, dst_stride, t, nt):
-        """dst[r * dst_stride + c] = src[off + r * stride + k0 + c] for r < rows, c < w.
+        """dst[r * dst_stride + c] = src[off + r * stride + k0 + c] for r < rows, c < w (unsigned).
 
         Consecutive threads copy consecutive c (coalesced); each thread issues four loads before
         its first store, so four loads per thread are in flight instead of one.
         """
         total = rows * w
         zero = T(0)
-        for e0 in range(t, total, 4 * nt):
-            e1, e2, e3 = e0 + nt, e0 + 2 * nt, e0 + 3 * nt
-            r0, r1, r2, r3 = e0 // w, e1 // w, e2 // w, e3 // w
-            v0 = src[off + r0 * stride + k0 + e0 - r0 * w]
-            v1 = src[off + r1 * stride + k0 + e1 - r1 * w] if e1 < total else zero
-            v2 = src[off + r2 * stride + k0 + e2 - r2 * w] if e2 < total else zero
-            v3 = src[off + r3 * stride + k0 + e3 - r3 * w] if e3 < total else zero
-            dst[r0 * dst_stride + e0 - r0 * w] = v0
+        e0 = t
+        while e0 < total:
+            e1, e2, e3 = e0 + nt, e0 + U(2) * nt, e0 + U(3) * nt
+            r0, c0 = _div(e0, w)
+            r1, c1 = _div(e1, w)
+            r2, c2 = _div(e2, w)
+            r3, c3 = _div(e3, w)
+            v0 = src[off + r0 * stride + k0 + c0]
+            v1 = src[off + r1 * stride + k0 + c1] if e1 < total else zero
+            v2 = src[off + r2 * stride + k0 + c2] if e2 < total else zero
+            v3 = src[off + r3 * stride + k0 + c3] if e3 < total else zero
+            dst[r0 * dst_stride + c0] = v0
             if e1 < total:
-                dst[r1 * dst_stride + e1 - r1 * w] = v1
+                dst[r1 * dst_stride + c1] = v1
             if e2 < total:
-                dst[r2 * dst_stride + e2 - r2 * w] = v2
+                dst[r2 * dst_stride + c2] = v2
             if e3 < total:
-                dst[r3 * dst_stride + e3 - r3 * w] = v3
+                dst[r3 * dst_stride + c3] = v3
+            e0 += U(4) * nt
 
     @cuda.jit(device=True)
     def _gather(X, perm, s, m, Abuf, t, nt):
         """The shuffled batch into slot 0, four rows' loads in flight per thread (rows of X are
         scattered through a large array: each load waits on device memory)."""
-        n0 = X.shape[1]
+        n0 = U(X.shape[1])
         zero = T(0)
         total = m * n0
-        for e0 in range(t, total, 4 * nt):
-            e1, e2, e3 = e0 + nt, e0 + 2 * nt, e0 + 3 * nt
-            i0, i1, i2, i3 = e0 // n0, e1 // n0, e2 // n0, e3 // n0
-            v0 = X[perm[s + i0], e0 - i0 * n0]
-            v1 = X[perm[s + i1], e1 - i1 * n0] if e1 < total else zero
-            v2 = X[perm[s + i2], e2 - i2 * n0] if e2 < total else zero
-            v3 = X[perm[s + i3], e3 - i3 * n0] if e3 < total else zero
+        e0 = t
+        while e0 < total:
+            e1, e2, e3 = e0 + nt, e0 + U(2) * nt, e0 + U(3) * nt
+            i0, c0 = _div(e0, n0)
+            i1, c1 = _div(e1, n0)
+            i2, c2 = _div(e2, n0)
+            i3, c3 = _div(e3, n0)
+            v0 = X[U(perm[s + i0]), c0]
+            v1 = X[U(perm[s + i1]), c1] if e1 < total else zero
+            v2 = X[U(perm[s + i2]), c2] if e2 < total else zero
+            v3 = X[U(perm[s + i3]), c3] if e3 < total else zero
             Abuf[e0] = v0
             if e1 < total:
                 Abuf[e1] = v1
@@ -82,6 +119,7 @@ def build(T, shared: int = SHARED):
                 Abuf[e2] = v2
             if e3 < total:
                 Abuf[e3] = v3
+            e0 += U(4) * nt
 
     @cuda.jit(device=True)
     def _forward(net, work, m, sbuf, t, nt):
@@ -93,78 +131,95 @@ def build(T, shared: int = SHARED):
         W's rows are padded to an odd stride so the threads of a warp, which read one column of
         W at different rows j, hit different banks.
         """
-        one = T(1)
+        one, u1 = T(1), U(1)
         params, layout, acts, Abuf, Zbuf = net.params, net.layout, net.act_codes, work.A, work.Z
         for l in range(layout.shape[0]):
-            w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-            a_in, out = work.cap * net.row_offsets[l], work.cap * net.row_offsets[l + 1]
-            kc = min(n_in, (sbuf.shape[0] - n_out) // (m + n_out))  # chunk width (>= 1: see fits)
-            kcp = kc | 1  # W's padded row stride in sbuf
+            w_off, b_off, n_out, n_in = U(layout[l, 0]), U(layout[l, 1]), U(layout[l, 2]), U(layout[l, 3])
+            a_in, out = U(work.cap * net.row_offsets[l]), U(work.cap * net.row_offsets[l + 1])
+            kc = min(n_in, U(U32(U(sbuf.shape[0]) - n_out) // U32(m + n_out)))  # chunk width (>= 1: see fits)
+            kcp = kc | u1  # W's padded row stride in sbuf
             sW = m * kc  # W's chunk starts after the activations' chunk
-            for k0 in range(0, n_in, kc):
+            act = acts[l]
+            k0 = U(0)
+            while k0 < n_in:
                 w = min(kc, n_in - k0)
                 _stage(Abuf, a_in, n_in, m, k0, w, sbuf, kc, t, nt)
                 _stage(params, w_off, n_in, n_out, k0, w, sbuf[sW:], kcp, t, nt)
                 cuda.syncthreads()
                 last = k0 + w == n_in
-                for e in range(t, m * n_out, nt):
-                    i = e // n_out
-                    j = e - i * n_out
-                    acc = params[b_off + j] if k0 == 0 else Zbuf[out + e]
-                    for kk in range(w):
-                        acc += sbuf[i * kc + kk] * sbuf[sW + j * kcp + kk]
+                e = t
+                while e < m * n_out:
+                    i, j = _div(e, n_out)
+                    acc = params[b_off + j] if k0 == U(0) else Zbuf[out + e]
+                    acc = _dot(sbuf, i * kc, u1, sbuf, sW + j * kcp, u1, w, acc)
                     Zbuf[out + e] = acc
-                    if last and acts[l] != SOFTMAX:
-                        Abuf[out + e] = f(acc, acts[l], one)
+                    if last and act != SOFTMAX:
+                        Abuf[out + e] = f(acc, act, one)
+                    e += nt
                 cuda.syncthreads()  # before the next chunk overwrites sbuf; a^l complete after the last
-            _softmax_layer(acts[l], m, n_out, out, Zbuf, Abuf, t, nt)
+                k0 += kc
+            _softmax_layer(act, m, n_out, out, Zbuf, Abuf, t, nt)
+
+    @cuda.jit(device=True)
+    def _update_layer(l, m, net, work, lr_, mom, dec, t, nt):
+        """BP4 and BP3 of layer l and the SGD update of W^l and b^l, one parameter per step
+        (coalesced along rows): v = mu v - eta (dC/dp + lambda p), p += v."""
+        params, velocity, layout, cap = net.params, net.velocity, net.layout, U(work.cap)
+        w_off, b_off, n_out, n_in = U(layout[l, 0]), U(layout[l, 1]), U(layout[l, 2]), U(layout[l, 3])
+        d, a_in = cap * U(net.row_offsets[l + 1]), cap * U(net.row_offsets[l])
+        scale = T(1) / T(m)
+        e = t
+        while e < n_out * n_in:  # BP4: dC/dW^l_jk = (1/m) sum_i delta^l_ij a^(l-1)_ik
+            j, k = _div(e, n_in)
+            g = _dot(work.D, d + j, n_out, work.A, a_in + k, n_in, m, T(0))
+            p = w_off + e
+            v = mom * velocity[p] - lr_ * (scale * g + dec * params[p])
+            velocity[p] = v
+            params[p] += v
+            e += nt
+        j = t
+        while j < n_out:  # BP3: dC/db^l_j = (1/m) sum_i delta^l_ij
+            g = T(0)
+            r = d + j
+            for _ in range(m):
+                g += work.D[r]
+                r += n_out
+            p = b_off + j
+            v = mom * velocity[p] - lr_ * scale * g
+            velocity[p] = v
+            params[p] += v
+            j += nt
 
     @cuda.jit(device=True)
     def _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt):
         """BP1, then from layer L down: BP2 into delta^(l-1) (reading W^l before it changes), then
-        BP4/BP3 and the SGD update of W^l and b^l, one parameter per step (coalesced along rows)."""
-        params, velocity, layout, acts = net.params, net.velocity, net.layout, net.act_codes
-        Abuf, Zbuf, Dbuf, cap = work.A, work.Z, work.D, work.cap
+        BP4/BP3 and the SGD update of W^l and b^l."""
+        params, layout, acts = net.params, net.layout, net.act_codes
+        Abuf, Zbuf, Dbuf, cap = work.A, work.Z, work.D, U(work.cap)
         L = layout.shape[0]
         one = T(1)
-        scale = one / T(m)
         lr_, mom, dec = T(lr), T(momentum), T(decay)
-        n_L, o_L = layout[L - 1, 2], cap * net.row_offsets[L]
-        for i in range(t, m, nt):  # BP1, one thread per row
+        n_L, o_L = U(layout[L - 1, 2]), cap * U(net.row_offsets[L])
+        i = t
+        while i < m:  # BP1, one thread per row
             r = o_L + i * n_L
             Z, A, D = Zbuf[r : r + n_L], Abuf[r : r + n_L], Dbuf[r : r + n_L]
             cuda.atomic.add(work.cost, 0, output_error_row(Z, A, Y[perm[s + i]], D, net.loss, acts[L - 1]))
+            i += nt
         cuda.syncthreads()
         for l in range(L - 1, -1, -1):
-            w_off, b_off, n_out, n_in = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-            d, a_in = cap * net.row_offsets[l + 1], cap * net.row_offsets[l]
+            w_off, n_out, n_in = U(layout[l, 0]), U(layout[l, 2]), U(layout[l, 3])
+            d, a_in = cap * U(net.row_offsets[l + 1]), cap * U(net.row_offsets[l])
             if l > 0:  # BP2: delta^(l-1) = (W^l)^T delta^l ⊙ f'(z^(l-1))
-                for e in range(t, m * n_in, nt):
-                    i = e // n_in
-                    j = e - i * n_in
-                    acc = T(0)
-                    for k in range(n_out):
-                        acc += Dbuf[d + i * n_out + k] * params[w_off + k * n_in + j]
-                    Dbuf[a_in + e] = acc * fprime(Zbuf[a_in + e], Abuf[a_in + e], acts[l - 1], one)
+                act = acts[l - 1]
+                e = t
+                while e < m * n_in:
+                    i, j = _div(e, n_in)
+                    acc = _dot(Dbuf, d + i * n_out, U(1), params, w_off + j, n_in, n_out, T(0))
+                    Dbuf[a_in + e] = acc * fprime(Zbuf[a_in + e], Abuf[a_in + e], act, one)
+                    e += nt
                 cuda.syncthreads()
-            for e in range(t, n_out * n_in, nt):  # BP4 and the update of W^l
-                j = e // n_in
-                k = e - j * n_in
-                g = T(0)
-                for i in range(m):
-                    g += Dbuf[d + i * n_out + j] * Abuf[a_in + i * n_in + k]
-                p = w_off + e
-                v = mom * velocity[p] - lr_ * (scale * g + dec * params[p])
-                velocity[p] = v
-                params[p] += v
-            for j in range(t, n_out, nt):  # BP3 and the update of b^l
-                g = T(0)
-                for i in range(m):
-                    g += Dbuf[d + i * n_out + j]
-                p = b_off + j
-                v = mom * velocity[p] - lr_ * scale * g
-                velocity[p] = v
-                params[p] += v
+            _update_layer(l, m, net, work, lr_, mom, dec, t, nt)
         cuda.syncthreads()  # the next batch overwrites the buffers this one read
 
     @cuda.jit
@@ -173,13 +228,15 @@ def build(T, shared: int = SHARED):
         for each batch, gather, forward staged through shared memory (W read coalesced), then BP1,
         BP2, BP3/BP4 and the update."""
         sbuf = cuda.shared.array(shared, T)
-        t, nt = cuda.threadIdx.x, cuda.blockDim.x
-        for s in range(start, stop, work.cap):
-            m = min(work.cap, stop - s)
+        t, nt, cap = U(cuda.threadIdx.x), U(cuda.blockDim.x), U(work.cap)
+        s, stop_ = U(start), U(stop)
+        while s < stop_:
+            m = min(cap, stop_ - s)
             _gather(X, perm, s, m, work.A, t, nt)
             cuda.syncthreads()
             _forward(net, work, m, sbuf, t, nt)
             _backward_update(Y, perm, s, m, net, work, lr, momentum, decay, t, nt)
+            s += cap
 
     # the stages too, for the numbered variants beside the benchmarks
     stages = SimpleNamespace(softmax_layer=_softmax_layer, backward_update=_backward_update)
