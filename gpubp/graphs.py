@@ -62,16 +62,17 @@ class Recordings:
             k.sgd_update_from(s.params[nw:], s.nabla[nw:], s.velocity[nw:], self.hyper[1], stream)
 
     def _warm_up(self, engine: Any, X: Any, Y: Any, batch_size: int) -> None:
-        """The next batch's gather and backprop, run directly before a recording: every kernel's
-        module (and cuBLAS's) is then loaded outside the recording. No update runs; the work
-        buffers and nabla it writes are overwritten by the first replay, and its cost taken back."""
-        s = self.s
-        v, cost = s.views(batch_size, batch_size), s.backend.empty(1, np.float64)
-        s.backend.copy(s.cost, cost)
-        s.k.gather_rows_at(X, self.order, self.offset, v.A[0])
-        s.k.gather_rows_at(Y, self.order, self.offset, v.Y)
-        engine.backprop(v, batch_size, batch_size, 1.0 / batch_size)
-        s.backend.copy(cost, s.cost)
+        """One batch of exactly the launches a recording makes (``batches``), run directly before
+        it: every kernel's module (and cuBLAS's) is then loaded outside the recording. What that
+        batch changes (parameters, velocity, cost, the device-side offset) is put back after it;
+        the work buffers and nabla it writes are overwritten by the first replay."""
+        s, b = self.s, self.s.backend
+        saved = [(a, b.empty(a.shape, a.dtype)) for a in (s.params, s.velocity, s.cost, self.offset)]
+        for a, copy in saved:
+            b.copy(a, copy)
+        self.batches(engine, X, Y, batch_size, 1)
+        for a, copy in saved:
+            b.copy(copy, a)
 
     def replay_for(self, engine: Any, X: Any, Y: Any, batch_size: int, batches: int) -> Callable[[], None]:
         """A function that runs ``batches`` batches: a recorded CUDA graph on a GPU; in Numba's

@@ -25,16 +25,58 @@ from .backends import Backend
 from .engines import CpuEngine, CudaEngine
 from .workspace import Views, Workspace
 
+# What the whole-epoch kernel can launch with on an sm_90 GPU: its registers per thread as ptxas
+# assigns them (tests/test_cuda_kernels.py's PTX test checks that the compiled kernel uses no more),
+# an SM's register file, and the 48 KB of static shared memory a block may declare.
+FUSED_REGISTERS = {"float32": 104, "float64": 112}
+REGISTERS_PER_SM = 65536
+REGISTER_UNIT = 256  # registers are given to a warp in units of 256
+STATIC_SHARED_BYTES = 48 * 1024
+MAX_BLOCK_THREADS = 1024
+
+
+def fused_limits(dtype: str) -> tuple[int, int]:
+    """(most threads, most shared elements) the whole-epoch kernel can launch with, in ``dtype``."""
+    warp_registers = -(-FUSED_REGISTERS[dtype] * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    threads = min(MAX_BLOCK_THREADS, REGISTERS_PER_SM // warp_registers * 32)
+    return threads, STATIC_SHARED_BYTES // np.dtype(dtype).itemsize
+
+
+def check_tuning(tuning: Tuning, dtype: str) -> None:
+    """ValueError, naming the value and its limit, if the whole-epoch kernel could never launch with
+    these ``tuning`` values in ``dtype`` (every launch would fail with "too many resources requested",
+    or ptxas would refuse the shared buffer)."""
+    threads, shared = fused_limits(dtype)
+    if tuning.fused_threads > threads:
+        raise ValueError(
+            f"Tuning(fused_threads={tuning.fused_threads}) is too many for the whole-epoch kernel in {dtype}: "
+            f"at {FUSED_REGISTERS[dtype]} registers a thread, a block of at most {threads} threads fits an "
+            f"SM's {REGISTERS_PER_SM} registers"
+        )
+    if tuning.fused_shared > shared:
+        raise ValueError(
+            f"Tuning(fused_shared={tuning.fused_shared}) is too large for the whole-epoch kernel in {dtype}: "
+            f"its shared buffer holds at most {shared} elements (48 KB of static shared memory)"
+        )
+
 
 @dataclass(frozen=True)
 class Tuning:
     """Numbers that change how fast an epoch runs, never what it computes (CUDA only; first
-    guesses, not yet measured on a GPU)."""
+    guesses, not yet measured on a GPU). Checked at construction against what the whole-epoch
+    kernel can launch with (in float32; a network in float64 checks again with its own limits)."""
 
     fused_threads: int = 512  # threads of the whole-epoch kernel's one block
     fused_shared: int = 4096  # elements of its shared buffer (batch + 2 x width of a layer must fit)
-    fused_work: int = 1 << 24  # "auto" runs an epoch in one launch up to this batch_size x weights
+    fused_work: int = 1 << 24  # "auto" never runs an epoch in one launch above this batch_size x weights
     graph_batches: int = 16  # mini-batches per recorded CUDA graph
+
+    def __post_init__(self) -> None:
+        for name in ("fused_threads", "fused_shared", "fused_work", "graph_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Tuning({name}={value!r}) must be a positive integer")
+        check_tuning(self, "float32")
 
 
 @dataclass(frozen=True)
@@ -98,16 +140,121 @@ def requested(path: str | Execution, backend: Backend) -> str | Execution:
     return path
 
 
+# ---- the cost model "auto" decides by (CUDA) ---------------------------------------------------
+# Every constant is an ASSUMPTION until a GPU measures it (benchmarks/gpu_session.sh does); the
+# H100 SXM figures are NVIDIA's, the others are read from numba-cuda's launch path and the static
+# kernel report. FUSED_INSTRUCTIONS_PER_FFMA is the whole-epoch kernel's issue rate, to be fed from
+# the static report (python -m benchmarks --only static) as its product loops change.
+LAUNCH_HOST_S = 20e-6  # host time of one Numba kernel launch (dispatch, argument boxing): 20-35 us read here
+CUBLAS_HOST_S = 30e-6  # host time of one GEMM through CuPy (array wrappers, handle, stream)
+GRAPH_REPLAY_HOST_S = 15e-6  # host time of one graph launch
+GRAPH_NODE_S = 1.0e-6  # device time between two kernel nodes of a replayed graph
+KERNEL_MIN_S = 2.5e-6  # device time of the smallest kernel: start, one wave, drain
+MULTIPROCESSORS = 132  # H100 SXM
+CLOCK_HZ = 1.755e9  # H100 SXM boost clock under load
+FFMA_PER_SM_CYCLE = {"float32": 128, "float64": 64}
+NUMBA_GEMM_EFFICIENCY = 0.10  # tiled/register-blocked Numba products: fraction of an SM's FFMA peak
+CUBLAS_GEMM_EFFICIENCY = 0.50  # cuBLAS at these small shapes
+FUSED_INSTRUCTIONS_PER_FFMA = 15.2  # SASS instructions per multiply-add of the whole-epoch kernel (issue 20)
+FUSED_ISSUE_PER_CYCLE = 1.0  # warp instructions the one block issues per cycle (16 warps, a sync per stage)
+FUSED_ELEMENTWISE_INSTRUCTIONS = 8  # per element of its gather, BP1 and update loops
+
+
+def _ffma(sizes: list[int], batch: int) -> list[tuple[int, int, int]]:
+    """(multiply-adds, output rows, output columns) of each product of one step: the forward of each
+    layer, BP4 of each layer, BP2 of every layer but the first."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    out = [(batch * a * b, batch, b) for a, b in layers] + [(batch * a * b, b, a) for a, b in layers]
+    return out + [(batch * a * b, batch, a) for a, b in layers[1:]]
+
+
+def _gemm_s(ffma: int, rows: int, cols: int, dtype: str, efficiency: float, tile: int) -> float:
+    """Device seconds of one product: spread over the blocks its output fills, at most one per SM."""
+    blocks = min(MULTIPROCESSORS, -(-rows // tile) * -(-cols // tile))
+    return KERNEL_MIN_S + ffma / (blocks * FFMA_PER_SM_CYCLE[dtype] * CLOCK_HZ * efficiency)
+
+
+def step_launches(sizes: list[int], products: str = "numba", softmax: bool = False) -> dict[str, int]:
+    """Launches of one mini-batch step on the per-operation path: {"kernels": Numba launches,
+    "gemms": cuBLAS calls}, as ``CudaEngine`` and the update make them."""
+    L = len(sizes) - 1
+    if products == "numba":  # gathers, forwards, BP1, BP4, BP3, BP2, the two updates
+        return {"kernels": 2 + L + int(softmax) + 1 + L + L + (L - 1) + 2, "gemms": 0}
+    # the GEMMs of the forwards, BP4 and BP2; Numba's bias+f and f' epilogues, the rest as above
+    return {"kernels": 2 + L + int(softmax) + 1 + L + (L - 1) + 2, "gemms": 3 * L - 1}
+
+
+def predict_epoch(how: Execution, sizes: list[int], batch_size: int, rows: int, dtype: str = "float32") -> float:
+    """Predicted seconds of one epoch of ``rows`` rows on an H100 (the constants above) under ``how``.
+
+    Per-operation steps: the host's launch time and the device's kernel time overlap, so a step
+    takes the larger. Replayed graphs: the device time plus a node gap per kernel, the host's share
+    of a replay negligible. The whole epoch: one block issuing FUSED_INSTRUCTIONS_PER_FFMA per
+    multiply-add at FUSED_ISSUE_PER_CYCLE."""
+    steps = -(-rows // batch_size)
+    products = _ffma(sizes, batch_size)
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    if how.whole_epoch:
+        ffma = sum(p[0] for p in products)
+        elements = batch_size * (sizes[0] + sizes[-1]) + n_params
+        instructions = (ffma * FUSED_INSTRUCTIONS_PER_FFMA + elements * FUSED_ELEMENTWISE_INSTRUCTIONS) / 32
+        return LAUNCH_HOST_S + steps * instructions / (FUSED_ISSUE_PER_CYCLE * CLOCK_HZ)
+    counts = step_launches(sizes, how.products)
+    cublas = how.products == "cublas"
+    efficiency, tile = (CUBLAS_GEMM_EFFICIENCY, 64) if cublas else (NUMBA_GEMM_EFFICIENCY, 16)
+    device = sum(_gemm_s(*p, dtype, efficiency, tile) for p in products)
+    device += (counts["kernels"] - (0 if cublas else len(products))) * KERNEL_MIN_S  # the elementwise ones
+    n = counts["kernels"] + counts["gemms"]
+    if how.replay:
+        return steps * (device + n * GRAPH_NODE_S) + steps / 16 * GRAPH_REPLAY_HOST_S
+    host = counts["kernels"] * LAUNCH_HOST_S + counts["gemms"] * CUBLAS_HOST_S
+    return steps * max(host, device)
+
+
+def candidates(backend: Backend, sizes: list[int], batch_size: int, tuning: Tuning) -> list[Execution]:
+    """The Executions "auto" weighs on CUDA: one launch per operation always; the whole epoch when
+    the fused kernel fits (and batch x weights is within ``tuning.fused_work``); recorded graphs and
+    cuBLAS when CuPy is installed (its GEMMs, and the stream handling of a replay, are then there)."""
+    out = [Execution()]
+    n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    fits = backend.kernels.fused.fits(batch_size, sizes, tuning.fused_shared)
+    if fits and batch_size * n_weights <= tuning.fused_work:
+        out.append(Execution(whole_epoch=True))
+    if cupy_installed():
+        out += [Execution(replay=True), Execution(products="cublas"), Execution(products="cublas", replay=True)]
+    return out
+
+
+def cupy_installed() -> bool:
+    """Whether CuPy can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cupy") is not None
+
+
+def auto(backend: Backend, sizes: list[int], batch_size: int, tuning: Tuning, dtype: str = "float32") -> Execution:
+    """What "auto" runs: the whole epoch in one call on the CPU; on CUDA the candidate the cost
+    model predicts fastest for an epoch of 60,000 rows (first of equals: the list's order)."""
+    if backend.name == "cpu":
+        return Execution(whole_epoch=True)
+    options = candidates(backend, sizes, batch_size, tuning)
+    return min(options, key=lambda how: predict_epoch(how, sizes, batch_size, 60_000, dtype))
+
+
 def choose(
-    path: str | Execution, backend: Backend, sizes: list[int], batch_size: int, tuning: Tuning, per_step: bool = False
+    path: str | Execution,
+    backend: Backend,
+    sizes: list[int],
+    batch_size: int,
+    tuning: Tuning,
+    per_step: bool = False,
+    dtype: str = "float32",
 ) -> Execution:
     """The one place that decides how an epoch runs (ValueError if a forced path cannot).
 
-    "auto": the whole epoch in one call on the CPU; on CUDA when a batch needs at most
-    ``tuning.fused_work`` multiply-adds per layer pass and every layer fits the fused kernel's
-    shared buffer, else one launch per operation with Numba's products. Recording and cuBLAS are
-    never taken by "auto" until a GPU measurement says where they win. ``per_step`` (a distributed
-    fit, which all-reduces the gradients between two steps): one call per step."""
+    "auto": the whole epoch in one call on the CPU; on CUDA the Execution ``predict_epoch`` (the
+    written cost model) says is fastest among ``candidates``. ``per_step`` (a distributed fit,
+    which all-reduces the gradients between two steps): one call per step."""
     if per_step:
         if path == "auto":
             return Execution()
@@ -119,11 +266,9 @@ def choose(
                 f"picks 'layers'"
             )
         return path
-    fits = backend.name == "cpu" or backend.kernels.fused.fits(batch_size, sizes, tuning.fused_shared)
     if path == "auto":
-        n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        small = backend.name == "cpu" or batch_size * n_weights <= tuning.fused_work
-        return Execution(whole_epoch=fits and small)
+        return auto(backend, sizes, batch_size, tuning, dtype)
+    fits = backend.name == "cpu" or backend.kernels.fused.fits(batch_size, sizes, tuning.fused_shared)
     if path.whole_epoch and not fits:
         raise ValueError(
             f"a whole epoch in one launch (path='epoch') cannot train layers of {sizes} with batches of "
@@ -150,6 +295,8 @@ class Schedule(Workspace):
         self.path = requested(path, backend)
         self.tuning = tuning or Tuning()
         super().__init__(backend, sizes, acts, loss, params)
+        if backend.name == "cuda":
+            check_tuning(self.tuning, str(self.dtype))
         self._engines: dict[str, CpuEngine | CudaEngine] = {}
         self.graphs: Any = None  # gpubp.graphs.Recordings, made by the first epoch that replays
 
@@ -166,7 +313,8 @@ class Schedule(Workspace):
     # -- training -------------------------------------------------------------------------------
     def execution(self, batch_size: int) -> Execution:
         """How an epoch with this batch size runs (ValueError if the path asked for cannot)."""
-        return choose(self.path, self.backend, self.sizes, batch_size, self.tuning, per_step=self.dist is not None)
+        dist = self.dist is not None
+        return choose(self.path, self.backend, self.sizes, batch_size, self.tuning, dist, str(self.dtype))
 
     def train_epoch(
         self,

@@ -52,12 +52,17 @@ def _gemm(transa: str, transb: str, a, b, out, alpha: float, stream=0) -> None:
         return
     cp = _cupy()
     as_cupy = cp.asarray  # zero-copy views through __cuda_array_interface__
-    pointer = stream_pointer(stream)
-    if pointer == 0:  # the legacy default stream: CuPy's null stream, where Numba launches too
+    with _cupy_stream(stream_pointer(stream)):  # CuPy's current stream may be a user's own
         cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
-        return
-    with cp.cuda.ExternalStream(pointer):
-        cp.cublas.gemm(transa, transb, as_cupy(a), as_cupy(b), out=as_cupy(out), alpha=alpha)
+
+
+@functools.lru_cache(maxsize=64)
+def _cupy_stream(pointer: int):
+    """The CuPy stream of a launch's CUstream, made current around each GEMM: cuBLAS then runs on
+    the stream gpubp launches on (the legacy default stream, 0, is CuPy's null stream), never on
+    whatever stream the user's code made current, which would race the Numba epilogue."""
+    cp = _cupy()
+    return cp.cuda.Stream.null if pointer == 0 else cp.cuda.ExternalStream(pointer)
 
 
 def forward_cublas(A_prev, W, b, Z, A, act: int, stream=0) -> None:

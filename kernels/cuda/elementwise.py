@@ -12,23 +12,38 @@ from types import SimpleNamespace
 from numba import cuda
 
 from ..activations import SOFTMAX
-from .common import BLOCK2, FLAT, ROWS, f, fprime, grid1, grid2, numba_type, output_error_row, softmax_row
+from .common import BLOCK2, FLAT, ROWS, TILE, TILE_PAD, f, fprime, grid1, numba_type, output_error_row, softmax_row
 
 NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
+
+
+def grid_rows(rows: int, cols: int, side: int = TILE) -> tuple[int, int]:
+    """Blocks covering a (rows, cols) output with side x side tiles, rows on x (up to 2^31 - 1
+    blocks) and columns on y (at most 65,535 blocks: 1,048,560 columns of 16, far more than a
+    layer is wide). A grid with rows on y would fail to launch beyond ~1M rows (a big batch, or
+    ``gradients`` over a whole data set)."""
+    return ((rows + side - 1) // side or 1, (cols + side - 1) // side or 1)
+
+
+@cuda.jit(device=True)
+def _row_col():
+    """(row, column) of this thread in a ``grid_rows`` launch of TILE x TILE blocks: threads'
+    x runs along the columns (the contiguous axis), blocks' x along the rows."""
+    return cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y, cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
 
 
 @functools.cache
 def build(T):
     """This family's kernels for element type ``T`` (numba.float32 or numba.float64)."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def softmax_rows(Z, A):
         """Feedforward, softmax output layer: A[i] = softmax(Z[i]), one thread per row."""
         i = cuda.grid(1)
         if i < Z.shape[0]:
             softmax_row(Z[i], A[i])
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def output_error(Z, A, Y, Delta, loss, act, cost):
         """BP1: Delta[i] = grad_a C ⊙ f'(Z[i]), one thread per row; cost[0] += sum_i C_x(i)."""
         i = cuda.grid(1)
@@ -36,34 +51,48 @@ def build(T):
             c = output_error_row(Z[i], A[i], Y[i], Delta[i], loss, act)
             cuda.atomic.add(cost, 0, c)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def bias_gradient(Delta, scale, nabla_b):
-        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j], one thread per column."""
-        j = cuda.grid(1)
-        if j < nabla_b.shape[0]:
-            acc = T(0)
-            for i in range(Delta.shape[0]):
-                acc += Delta[i, j]  # neighbouring threads read neighbouring columns
-            nabla_b[j] = T(scale) * acc
+        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j]. A TILE x TILE block
+        covers TILE columns: its TILE rows of threads each sum every TILE-th row (neighbouring
+        threads read neighbouring columns), then a tree in shared memory adds the TILE sums."""
+        part = cuda.shared.array((TILE, TILE_PAD), T)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        j = cuda.blockIdx.x * TILE + tx
+        m, n = Delta.shape
+        acc = T(0)
+        if j < n:
+            for i in range(ty, m, TILE):
+                acc += Delta[i, j]
+        part[ty, tx] = acc
+        cuda.syncthreads()
+        half = TILE // 2
+        while half > 0:
+            if ty < half:
+                part[ty, tx] += part[ty + half, tx]
+            cuda.syncthreads()
+            half //= 2
+        if ty == 0 and j < n:
+            nabla_b[j] = T(scale) * part[0, tx]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def bias_activation(Z, b, A, act):
         """Feedforward after Z = A_prev W^T: Z += b, A = f(Z) (A untouched for softmax)."""
-        j, i = cuda.grid(2)
+        i, j = _row_col()
         if i < Z.shape[0] and j < Z.shape[1]:
             z = Z[i, j] + b[j]
             Z[i, j] = z
             if act != SOFTMAX:
                 A[i, j] = f(z, act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def times_fprime(Z, A, Delta, act):
         """BP2 after Delta = Delta_next W_next: the Hadamard product Delta ⊙= f'(Z)."""
-        j, i = cuda.grid(2)
+        i, j = _row_col()
         if i < Delta.shape[0] and j < Delta.shape[1]:
             Delta[i, j] = Delta[i, j] * fprime(Z[i, j], A[i, j], act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def sgd_update(P, nabla, velocity, lr, momentum, decay):
         """SGD update with momentum and L2 decay: v = momentum v - lr (nabla + decay P); P += v."""
         k = cuda.grid(1)
@@ -73,7 +102,7 @@ def build(T):
             velocity[k] = v
             P[k] = p + v
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def sgd_update_from(P, nabla, velocity, hyper):
         """sgd_update with (lr, momentum, decay) read from the device array ``hyper``, so a recorded
         CUDA graph replays with this epoch's values."""
@@ -84,7 +113,7 @@ def build(T):
             velocity[k] = v
             P[k] = p + v
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def gather_rows(src, idx, dst):
         """Mini-batch gather: dst[i, c] = src[idx[i], c], one thread per element of dst."""
         t = cuda.grid(1)
@@ -93,7 +122,7 @@ def build(T):
             i = t // n
             dst[i, t - i * n] = src[idx[i], t - i * n]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def gather_rows_at(src, perm, offset, dst):
         """gather_rows of the batch that starts at the device-side position offset[0] of perm:
         dst[i, c] = src[perm[offset[0] + i], c], so a recorded CUDA graph gathers the next batch."""
@@ -103,13 +132,13 @@ def build(T):
             i = t // n
             dst[i, t - i * n] = src[perm[offset[0] + i], t - i * n]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def advance(offset, step):
         """offset[0] += step: on to the next batch (one thread)."""
         if cuda.grid(1) == 0:
             offset[0] += step
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def count_nonfinite(P, out):
         """Divergence check: out[0] += number of NaN/inf entries of P (grid-stride loop)."""
         start, step = cuda.grid(1), cuda.gridsize(1)
@@ -120,7 +149,7 @@ def build(T):
         if count > 0:  # almost never: no atomics on the healthy path
             cuda.atomic.add(out, 0, count)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def count_correct(A, Y, correct):
         """Accuracy: correct[0] += 1 for each row i with argmax A[i] == argmax Y[i] (first max wins);
         a row with a NaN output never counts."""
@@ -159,19 +188,19 @@ def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
 
 def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> None:
     """BP3 summed over the batch: nabla_b = scale * sum_x Delta (overwrites nabla_b)."""
-    kernels(nabla_b.dtype).bias_gradient[grid1(nabla_b.shape[0], ROWS), ROWS, stream](Delta, scale, nabla_b)
+    kernels(nabla_b.dtype).bias_gradient[grid1(nabla_b.shape[0], TILE), BLOCK2, stream](Delta, scale, nabla_b)
 
 
 def bias_activation(Z, b, A, act: int, stream=0) -> None:
     """Z += b, A = f(Z): the rest of the forward pass after a GEMM wrote Z = A_prev W^T."""
-    kernels(Z.dtype).bias_activation[grid2(*Z.shape), BLOCK2, stream](Z, b, A, act)
+    kernels(Z.dtype).bias_activation[grid_rows(*Z.shape), BLOCK2, stream](Z, b, A, act)
     if act == SOFTMAX:
         softmax(Z, A, stream)
 
 
 def times_fprime(Z, A, Delta, act: int, stream=0) -> None:
     """Delta ⊙= f'(Z): the rest of BP2 after a GEMM wrote Delta = Delta_next W_next."""
-    kernels(Delta.dtype).times_fprime[grid2(*Delta.shape), BLOCK2, stream](Z, A, Delta, act)
+    kernels(Delta.dtype).times_fprime[grid_rows(*Delta.shape), BLOCK2, stream](Z, A, Delta, act)
 
 
 def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, stream=0) -> None:

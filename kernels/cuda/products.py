@@ -17,7 +17,8 @@ lives in ``benchmarks/variants/cuda_naive.py``):
 The default launchers (``forward``, ``hidden_error``, ``weight_gradient``) take the blocked kernel
 for outputs of at least 64 x 64, the tiled one below (chosen from the kernels' shared loads per
 multiply-add, not yet measured on a GPU). Threads: ``x`` runs along the output's columns (the
-contiguous axis), ``y`` along its rows. Accumulators are typed like the arrays.
+contiguous axis), ``y`` along its rows; blocks' ``x`` runs along the rows and ``y`` along the
+columns (``grid_rows``: a grid's y is capped at 65,535 blocks, its x is not). Accumulators are typed like the arrays.
 """
 
 import functools
@@ -26,8 +27,8 @@ from types import SimpleNamespace
 from numba import cuda
 
 from ..activations import SOFTMAX
-from .common import BLOCK2, TILE, TILE_PAD, f, fprime, grid2, numba_type
-from .elementwise import softmax
+from .common import BLOCK2, TILE, TILE_PAD, f, fprime, numba_type
+from .elementwise import grid_rows, softmax
 
 BLOCK = 64  # side of the output tile of the register-blocked products
 BLOCK_PAD = BLOCK + 1
@@ -39,7 +40,7 @@ PER_THREAD = BLOCK // TILE  # each of their TILE x TILE threads sums PER_THREAD 
 def build(T):
     """This family's kernels for element type ``T`` (numba.float32 or numba.float64)."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def forward_tiled(A_prev, W, b, Z, A, act):
         """Feedforward, tiled: Z = A_prev W^T + b, A = f(Z) (A untouched for softmax)."""
         # sA[r, c] = A_prev[i0 + r, k0 + c], sW[r, c] = W[j0 + r, k0 + c]. Thread (ty, tx) reads
@@ -48,8 +49,8 @@ def build(T):
         sW = cuda.shared.array((TILE, TILE_PAD), T)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        i = cuda.blockIdx.y * TILE + ty
-        j0 = cuda.blockIdx.x * TILE
+        i = cuda.blockIdx.x * TILE + ty
+        j0 = cuda.blockIdx.y * TILE
         j = j0 + tx
         m, n_in = A_prev.shape
         n_out = W.shape[0]
@@ -68,7 +69,7 @@ def build(T):
             if act != SOFTMAX:
                 A[i, j] = f(z, act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act):
         """BP2, tiled: Delta = (Delta_next W_next) ⊙ f'(Z), the Hadamard product fused."""
         # sD[r, c] = Delta_next[i0 + r, k0 + c], sW[r, c] = W_next[k0 + r, j0 + c]; the inner
@@ -77,8 +78,8 @@ def build(T):
         sW = cuda.shared.array((TILE, TILE), T)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        i = cuda.blockIdx.y * TILE + ty
-        j = cuda.blockIdx.x * TILE + tx
+        i = cuda.blockIdx.x * TILE + ty
+        j = cuda.blockIdx.y * TILE + tx
         m, n = Delta.shape
         n_next = W_next.shape[0]
         acc = T(0)
@@ -92,7 +93,7 @@ def build(T):
         if i < m and j < n:
             Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def weight_gradient_tiled(Delta, A_prev, scale, nabla_w):
         """BP4 summed over the batch, tiled: nabla_w = scale * Delta^T A_prev."""
         # The reduction runs over the batch rows i: sD[r, c] = Delta[i0 + r, j0 + c] and
@@ -101,9 +102,9 @@ def build(T):
         sA = cuda.shared.array((TILE, TILE), T)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        j0 = cuda.blockIdx.y * TILE
+        j0 = cuda.blockIdx.x * TILE
         j = j0 + ty
-        k = cuda.blockIdx.x * TILE + tx
+        k = cuda.blockIdx.y * TILE + tx
         m, n_out = Delta.shape
         n_in = A_prev.shape[1]
         acc = T(0)
@@ -158,7 +159,7 @@ def build(T):
             q = cuda.local.array(PER_THREAD, T)
             tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
             t = ty * TILE + tx
-            i0, j0 = cuda.blockIdx.y * BLOCK, cuda.blockIdx.x * BLOCK
+            i0, j0 = cuda.blockIdx.x * BLOCK, cuda.blockIdx.y * BLOCK
             for u in range(PER_THREAD):
                 for v in range(PER_THREAD):
                     acc[u, v] = T(0)
@@ -180,45 +181,45 @@ def build(T):
     _product_nn = _blocked_product(False, False)  # Delta_next W_next
     _product_tn = _blocked_product(True, False)  # Delta^T A_prev
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def forward_blocked(A_prev, W, b, Z, A, act):
         """Feedforward, register-blocked: Z = A_prev W^T + b, A = f(Z) (A untouched for softmax)."""
         acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
         m, n_out = Z.shape
         _product_nt(A_prev, W, m, n_out, A_prev.shape[1], acc)
         for u in range(PER_THREAD):
-            i = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.y + TILE * u
             for v in range(PER_THREAD):
-                j = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                j = cuda.blockIdx.y * BLOCK + cuda.threadIdx.x + TILE * v
                 if i < m and j < n_out:
                     z = acc[u, v] + b[j]
                     Z[i, j] = z
                     if act != SOFTMAX:
                         A[i, j] = f(z, act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act):
         """BP2, register-blocked: Delta = (Delta_next W_next) ⊙ f'(Z)."""
         acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
         m, n = Delta.shape
         _product_nn(Delta_next, W_next, m, n, W_next.shape[0], acc)
         for u in range(PER_THREAD):
-            i = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.y + TILE * u
             for v in range(PER_THREAD):
-                j = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                j = cuda.blockIdx.y * BLOCK + cuda.threadIdx.x + TILE * v
                 if i < m and j < n:
                     Delta[i, j] = acc[u, v] * fprime(Z[i, j], A[i, j], act, T(1))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def weight_gradient_blocked(Delta, A_prev, scale, nabla_w):
         """BP4 summed over the batch, register-blocked: nabla_w = scale * Delta^T A_prev."""
         acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
         n_out, n_in = nabla_w.shape
         _product_tn(Delta, A_prev, n_out, n_in, Delta.shape[0], acc)
         for u in range(PER_THREAD):
-            j = cuda.blockIdx.y * BLOCK + cuda.threadIdx.y + TILE * u
+            j = cuda.blockIdx.x * BLOCK + cuda.threadIdx.y + TILE * u
             for v in range(PER_THREAD):
-                k = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x + TILE * v
+                k = cuda.blockIdx.y * BLOCK + cuda.threadIdx.x + TILE * v
                 if j < n_out and k < n_in:
                     nabla_w[j, k] = T(scale) * acc[u, v]
 
@@ -246,14 +247,14 @@ def forward(A_prev, W, b, Z, A, act: int, stream=0) -> None:
 
 def forward_tiled(A_prev, W, b, Z, A, act: int, stream=0) -> None:
     """Feedforward for one layer, 16 x 16 shared-memory tiles."""
-    kernels(Z.dtype).forward_tiled[grid2(*Z.shape), BLOCK2, stream](A_prev, W, b, Z, A, act)
+    kernels(Z.dtype).forward_tiled[grid_rows(*Z.shape), BLOCK2, stream](A_prev, W, b, Z, A, act)
     if act == SOFTMAX:  # a second launch on the same stream sees the whole of Z
         softmax(Z, A, stream)
 
 
 def forward_blocked(A_prev, W, b, Z, A, act: int, stream=0) -> None:
     """Feedforward for one layer, register-blocked 64 x 64 tiles."""
-    kernels(Z.dtype).forward_blocked[grid2(*Z.shape, BLOCK), BLOCK2, stream](A_prev, W, b, Z, A, act)
+    kernels(Z.dtype).forward_blocked[grid_rows(*Z.shape, BLOCK), BLOCK2, stream](A_prev, W, b, Z, A, act)
     if act == SOFTMAX:
         softmax(Z, A, stream)
 
@@ -267,13 +268,13 @@ def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
 def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
     """BP2, 16 x 16 shared-memory tiles."""
     k = kernels(Delta.dtype).hidden_error_tiled
-    k[grid2(*Delta.shape), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
+    k[grid_rows(*Delta.shape), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
 
 
 def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
     """BP2, register-blocked 64 x 64 tiles."""
     k = kernels(Delta.dtype).hidden_error_blocked
-    k[grid2(*Delta.shape, BLOCK), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
+    k[grid_rows(*Delta.shape, BLOCK), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
 
 
 def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
@@ -286,10 +287,10 @@ def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
 def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4, 16 x 16 shared-memory tiles (overwrites nabla_w)."""
     k = kernels(nabla_w.dtype).weight_gradient_tiled
-    k[grid2(*nabla_w.shape), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
+    k[grid_rows(*nabla_w.shape), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
 
 
 def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
     """BP4, register-blocked 64 x 64 tiles (overwrites nabla_w)."""
     k = kernels(nabla_w.dtype).weight_gradient_blocked
-    k[grid2(*nabla_w.shape, BLOCK), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
+    k[grid_rows(*nabla_w.shape, BLOCK), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
