@@ -72,3 +72,27 @@ def test_whole_epoch_kernel_on_sm90(tmp_path):
         assert k["mad_per_ffma_worst_product_loop"] <= 8, (t, k["ffma_loops"])
         assert k["mad_per_ffma_overall"] <= 6, (t, k["ffma_loops"])
     assert got["float64"]["mad_per_ffma_overall"] <= 2 * got["float32"]["mad_per_ffma_overall"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sizes", [[3, 2, 2], [9, 7, 4, 3]], ids=["narrow", "blocks-and-edges"])
+def test_whole_epoch_kernel_blocks_and_edges_train_as_the_cpu(sizes):
+    """The fused kernel's BP2/BP4 run four outputs per thread with the row's last block overlapping
+    the one before; layers of fewer than four inputs take one output per thread. Both, in the
+    simulator, train as the CPU does (float32: the paths' tolerance)."""
+    import numpy as np
+    from numba import config
+
+    import gpubp
+
+    rng = np.random.default_rng(1)
+    X, labels = rng.standard_normal((13, sizes[0])), rng.integers(0, sizes[-1], 13)
+    tuning = gpubp.Tuning(fused_threads=37 if config.ENABLE_CUDASIM else 512)
+    got = []
+    for device, path in (("cpu", "layers"), ("cuda", "epoch")):
+        kw = dict(activation="tanh", output_activation="softmax", loss="log_likelihood", dtype="float32")
+        net = gpubp.Network(sizes, **kw, device=device, path=path, seed=3, tuning=tuning if device == "cuda" else None)
+        net.fit(X, labels, epochs=2, batch_size=5, lr=0.3, momentum=0.5, weight_decay=0.01)
+        got.append(net.weights + net.biases)
+    for a, b in zip(*got):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4)
