@@ -155,7 +155,9 @@ CLOCK_HZ = 1.755e9  # H100 SXM boost clock under load
 FFMA_PER_SM_CYCLE = {"float32": 128, "float64": 64}
 NUMBA_GEMM_EFFICIENCY = 0.10  # tiled/register-blocked Numba products: fraction of an SM's FFMA peak
 CUBLAS_GEMM_EFFICIENCY = 0.50  # cuBLAS at these small shapes
-FUSED_INSTRUCTIONS_PER_FFMA = 15.2  # SASS instructions per multiply-add of the whole-epoch kernel (issue 20)
+# SASS instructions per multiply-add of the whole-epoch kernel's product loops, float32, as the static
+# report (benchmarks.static, "per_ffma_overall") measures it: 15.2 at issue 20, 7.7 since 879682f
+FUSED_INSTRUCTIONS_PER_FFMA = 7.7
 FUSED_ISSUE_PER_CYCLE = 1.0  # warp instructions the one block issues per cycle (16 warps, a sync per stage)
 FUSED_ELEMENTWISE_INSTRUCTIONS = 8  # per element of its gather, BP1 and update loops
 
@@ -209,6 +211,19 @@ def predict_epoch(how: Execution, sizes: list[int], batch_size: int, rows: int, 
         return steps * (device + n * GRAPH_NODE_S) + steps / 16 * GRAPH_REPLAY_HOST_S
     host = counts["kernels"] * LAUNCH_HOST_S + counts["gemms"] * CUBLAS_HOST_S
     return steps * max(host, device)
+
+
+def predict_epoch_seconds(cfg: Any, rows: int = 60_000, cupy: bool = True) -> dict[str, Any]:
+    """The cost model at one configuration of the benchmarks (``cfg.sizes``, ``cfg.batch_size``):
+    predicted seconds of an epoch of ``rows`` rows on an H100 for every alias of ``PATHS``, in float32,
+    and the one "auto" takes (with CuPy installed, or not). The static report calls this."""
+    sizes, batch = list(cfg.sizes), cfg.batch_size
+    seconds = {name: predict_epoch(how, sizes, batch, rows) for name, how in PATHS.items()}
+    fits = max(sizes[1:]) * 2 + batch <= Tuning().fused_shared
+    if not fits or batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) > Tuning().fused_work:
+        seconds["epoch"] = None  # auto would not weigh it
+    allowed = [name for name, t in seconds.items() if t is not None and (cupy or name in ("layers", "epoch"))]
+    return {"seconds": seconds, "auto": min(allowed, key=lambda name: seconds[name])}
 
 
 def candidates(backend: Backend, sizes: list[int], batch_size: int, tuning: Tuning) -> list[Execution]:

@@ -265,7 +265,7 @@ def test_auto_never_puts_784_100_10_at_batch_128_on_one_block(monkeypatch):
 def test_auto_keeps_the_textbook_run_in_one_launch_when_the_model_says_it_wins(monkeypatch):
     """784-30-10 at batch 10: one launch beats a launch per operation (host-bound, 12 launches a
     step); against replayed graphs it wins once the fused kernel issues the few instructions per
-    multiply-add item 1 asks for, not at today's 15.2."""
+    multiply-add item 1 asks for (5), not at 7.7 (the static report's float32 figure now)."""
     net = gpubp.Network([784, 30, 10], device="cuda")
     monkeypatch.setattr(schedule, "cupy_installed", lambda: False)
     assert net._schedule.execution(10) == gpubp.Execution(whole_epoch=True)
@@ -283,3 +283,12 @@ def test_auto_takes_the_fastest_prediction(monkeypatch):
         best = min(schedule.predict_epoch(o, sizes, batch, 60_000) for o in options)
         assert schedule.predict_epoch(net._schedule.execution(batch), sizes, batch, 60_000) == best
     assert schedule.step_launches([784, 30, 10]) == {"kernels": 12, "gemms": 0}
+
+
+def test_the_static_report_reads_the_model_at_each_benchmark_configuration():
+    from benchmarks.configs import CONFIGS
+
+    for cfg in CONFIGS.values():
+        got = schedule.predict_epoch_seconds(cfg)
+        assert set(got["seconds"]) == set(schedule.PATHS) and got["auto"] in schedule.PATHS
+        assert got["seconds"][got["auto"]] == min(t for t in got["seconds"].values() if t is not None)
