@@ -1,4 +1,4 @@
-"""python -m benchmarks --set quick|full|issue22 [--only e2e|kernels] [--device cpu|cuda|auto] [--busy N]
+"""python -m benchmarks --set quick|full|issue22 [--only e2e|kernels|static] [--device cpu|cuda|auto] [--busy N]
 
 Prints a markdown report and writes it, with a JSON record and a PNG chart, under
 benchmarks/results/<machine>_<date>_<set>[_<only>][_busy<N>][_rows<n>].{md,json,png}.
@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "issue 13 and the kernel grid; issue22: batch 16-512 on 784-100-10 and 784-256-128-10 relu/softmax, "
         "the textbook run and 784-1024-1024-10 b1024, 5 epochs each (end to end only)",
     )
-    ap.add_argument("--only", choices=["e2e", "kernels"], help="run only one part")
+    ap.add_argument(
+        "--only", choices=["e2e", "kernels", "static"], help="run only one part (static: python -m benchmarks.static)"
+    )
     ap.add_argument(
         "--device",
         choices=["cpu", "cuda", "auto"],
@@ -115,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peak", action="store_true", help="skip the float32 matmul peak measurement")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = ap.parse_args(argv)
+    if args.only == "static":  # the CUDA kernels read without a GPU (benchmarks/static.py)
+        from . import static
+
+        return static.main(["--out", str(args.out)])
 
     t_start = time.perf_counter()
     devices = end_to_end.devices_for(args.device)
