@@ -460,22 +460,37 @@ def executions_in_simulator(folder: Path) -> list[dict]:
     return json.loads(out.read_text())
 
 
+def cpu_seconds() -> dict[str, tuple[float, str]]:
+    """gpubp-cpu's measured median seconds per epoch at each e2e config, from the newest committed
+    result that has it: {config name: (seconds, file)}."""
+    found = {}
+    for path in sorted(RESULTS.glob("*.json"), key=lambda p: re.findall(r"\d{4}-\d\d-\d\d", p.name), reverse=True):
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            for e in json.loads(path.read_text()).get("e2e", []):
+                peer = e["peers"].get("gpubp-cpu") or {}
+                if peer.get("median_s") and e["config"]["name"] not in found:
+                    found[e["config"]["name"]] = (peer["median_s"], path.name)
+    return found
+
+
 def predictions() -> dict:
-    """The cost model's seconds per epoch on an H100 for each path at the e2e configs, or why not."""
+    """The cost model's seconds per epoch on an H100 for each path at each e2e config (and the path
+    auto takes), beside gpubp's measured CPU seconds; or why not."""
     from gpubp import schedule
 
     model = getattr(schedule, COST_MODEL, None)
     if model is None:
         return {"hook": f"gpubp.schedule.{COST_MODEL} not written yet: no predictions (HOOK)"}
-    try:
-        from .configs import CONFIGS  # the e2e set
+    from .configs import CONFIGS
 
-        out = {}
-        for name, cfg in CONFIGS.items():
-            out[name] = model(cfg)
-        return out
-    except Exception as e:  # the model's signature is another developer's: record, do not fail
-        return {"hook": f"gpubp.schedule.{COST_MODEL} exists but this call failed: {e!r} (HOOK)"}
+    cpu, out = cpu_seconds(), {}
+    for name, cfg in CONFIGS.items():
+        try:
+            out[name] = dict(model(cfg))
+        except Exception as e:  # the model is another module's: record, do not fail the report
+            out[name] = {"error": repr(e)}
+        out[name]["cpu_measured_s"], out[name]["cpu_source"] = cpu.get(name, (None, None))
+    return out
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -535,15 +550,23 @@ def markdown(record: dict) -> str:
             f"| {e['path']} | {e['launches_per_step']:.2f} | {e['array_args_per_step']:.1f} | "
             f"{e['host_us_per_step_stubbed']:.0f} | {e['dispatch_us_per_step_model']:.0f} |"
         )
-    lines += [
-        "",
-        "## Cost model: predicted seconds per epoch on an H100",
-        "",
-        "```",
-        json.dumps(record["predictions"], indent=1),
-        "```",
-    ]
+    lines += ["", "## Cost model: predicted seconds per epoch on an H100 (gpubp.schedule), beside gpubp's CPU", ""]
+    lines += _prediction_lines(record["predictions"])
     return "\n".join(lines) + "\n"
+
+
+def _prediction_lines(pred: dict) -> list[str]:
+    if "hook" in pred:
+        return [f"**HOOK**: {pred['hook']}"]
+    paths = sorted({p for v in pred.values() for p in (v.get("seconds") or {})})
+    lines = ["| config | " + " | ".join(paths) + " | auto takes | gpubp CPU measured s |"]
+    lines.append("|---" * (len(paths) + 3) + "|")
+    for name, v in pred.items():
+        sec = v.get("seconds") or {}
+        cells = ["-" if sec.get(p) is None else f"{sec[p]:.3g}" for p in paths]
+        cpu = "-" if v.get("cpu_measured_s") is None else f"{v['cpu_measured_s']:.3g}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {v.get('auto', v.get('error', '-'))} | {cpu} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
