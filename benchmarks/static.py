@@ -43,7 +43,14 @@ BLOCK_SHARED_RESERVED = 1024  # bytes the driver reserves per block on sm_80+
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 DISPATCH_US = (6.6, 3.5)  # numba-cuda's launch cost on a fast host: per launch, per array argument (assumption)
 COST_MODEL = "predict_epoch_seconds"  # the function of gpubp.schedule the report calls, when it exists
-TEXTBOOK = dict(sizes=[784, 30, 10], batch_size=10, rows=60_000)
+# the whole-epoch kernel as issue 20 found it (commit d4231cd), read by this report: for before/after
+FUSED_BEFORE = {
+    "commit": "d4231cd",
+    "float32": {"per_ffma_overall": 15.18, "per_ffma_worst_product_loop": 40.25, "mad_per_ffma_overall": 32.71,
+                "mad_per_ffma_worst_product_loop": 39.75, "div64_in_loops": 26, "registers": 104, "spill_stores": 0},
+    "float64": {"per_ffma_overall": 10.15, "per_ffma_worst_product_loop": 39.75, "mad_per_ffma_overall": 35.18,
+                "mad_per_ffma_worst_product_loop": 39.75, "div64_in_loops": 26, "registers": 112, "spill_stores": 0},
+}  # fmt: skip
 
 
 # ---- tools ------------------------------------------------------------------------------------
@@ -529,7 +536,7 @@ def markdown(record: dict) -> str:
         "| FFMA loops (instr/FFMA, * multiply-add) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)  # noqa: E731
     for r in record["kernels"]:
         each = " ".join(f"{x['instructions']}/{x['ffma']}{'*' * x['multiply_add']}" for x in r["ffma_loops"]) or "-"
         lines.append(
@@ -538,6 +545,11 @@ def markdown(record: dict) -> str:
             f"{fmt(r['per_ffma_worst_product_loop'])} | {fmt(r['mad_per_ffma_overall'])} | "
             f"{fmt(r['mad_per_ffma_worst_product_loop'])} | {r['div64_in_loops']} | {each} |"
         )
+    lines += ["", f"## The whole-epoch kernel: before ({FUSED_BEFORE['commit']}) and now", ""]
+    lines += ["| | " + " | ".join(f"{t} before | {t} now" for t in ("float32", "float64")) + " |", "|---" * 5 + "|"]
+    for key in FUSED_BEFORE["float32"]:
+        cells = [f"{FUSED_BEFORE[t][key]} | {fmt(record['fused'].get(t, {}).get(key))}" for t in ("float32", "float64")]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Per mini-batch step, each Execution (784-30-10, batch 10, float32; launches stubbed in the simulator)",
@@ -596,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         record["kernels"] = kernels(Path(folder))
         record["executions"] = executions_in_simulator(Path(folder))
     record["fused"] = fused_summary(record["kernels"])
+    record["fused_before"] = FUSED_BEFORE
     record["predictions"] = predictions()
     text = markdown(record)
     print(text)
