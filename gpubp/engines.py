@@ -120,7 +120,10 @@ class CpuEngine(Engine):
 
 
 class CudaEngine(Engine):
-    """CUDA's order of backpropagation, one kernel launch per operation and layer."""
+    """CUDA's order of backpropagation, one kernel launch per operation and layer: per mini-batch
+    of L layers with the Numba products, 3 L + 2 launches (one gather of the X and Y rows, a
+    forward per layer, BP1, BP4 with BP3 in the same launch per layer, BP2 per hidden layer, one
+    update; a softmax output one more); with cuBLAS, as many Numba launches and 3 L - 1 GEMMs."""
 
     def __init__(self, w: Workspace, products: str, epoch_options: dict[str, int]) -> None:
         super().__init__(w)
@@ -129,7 +132,28 @@ class CudaEngine(Engine):
             self.products = (k.forward_cublas, k.hidden_error_cublas, k.weight_gradient_cublas)
         else:
             self.products = (k.forward, k.hidden_error, k.weight_gradient)
+        self.bias_in_bp4 = products != "cublas"  # the Numba BP4 kernels also sum BP3
         self.epoch_options = epoch_options
+
+    def update(self, lr: float, momentum: float, decay: float, velocity: Any = None) -> None:
+        """SGD on all parameters from nabla in one launch: weights with weight decay, biases without."""
+        w = self.w
+        velocity = w.velocity if velocity is None else velocity
+        self.k.sgd_update_all(w.params, w.nabla, velocity, lr, momentum, decay, w.n_weights)
+
+    def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
+        """As ``Engine.steps``, with each batch's rows of X and Y gathered in one launch that reads
+        the order from an offset (no slice of it per step); a distributed fit as ``Engine.steps``."""
+        if self.w.dist is not None:
+            super().steps(X, Y, order_d, start, stop, batch_size, hyper)
+            return
+        w, gather = self.w, self.k.gather_batch
+        for s in range(start, stop, batch_size):
+            m = min(batch_size, stop - s)
+            v = w.views(batch_size, m)
+            gather(X, Y, order_d, s, v.A[0], v.Y)
+            self.backprop(v, batch_size, m, 1.0 / m)
+            self.update(*hyper)
 
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
         """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
@@ -146,7 +170,10 @@ class CudaEngine(Engine):
         self.forward(v, cap, m, stream)
         k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], w.loss, acts[L - 1], w.cost, stream)  # BP1
         for l in reversed(range(L)):
-            weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream)  # BP4
-            k.bias_gradient(v.D[l + 1], scale, w.gb[l], stream)  # BP3
+            if self.bias_in_bp4:  # BP4 and BP3 in one launch
+                weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream, nabla_b=w.gb[l])
+            else:
+                weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream)  # BP4
+                k.bias_gradient(v.D[l + 1], scale, w.gb[l], stream)  # BP3
             if l > 0:  # BP2
                 hidden_error(v.D[l + 1], w.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)

@@ -45,21 +45,19 @@ class Recordings:
         b = schedule.backend
         self.order: Any = None  # the epoch's shuffled order, on the device
         self.offset = b.zeros(1, np.int64)  # where the next batch starts in it
-        self.hyper = (b.zeros(3, np.float64), b.zeros(3, np.float64))  # (lr, momentum, decay): weights, biases
+        self.hyper = b.zeros(3, np.float64)  # (lr, momentum, decay); the biases take no decay
         self.graphs: dict[int, tuple] = {}  # batches per replay -> (key, replay, what it reads)
 
     def batches(self, engine: Any, X: Any, Y: Any, batch_size: int, batches: int, stream: Any = 0) -> None:
         """``batches`` full batches, each starting where the device-side offset points in the order:
         the same launches every time, so recordable once."""
         s, k = self.s, self.s.k
-        v, nw = s.views(batch_size, batch_size), s.n_weights
+        v = s.views(batch_size, batch_size)
         for _ in range(batches):
-            k.gather_rows_at(X, self.order, self.offset, v.A[0], stream)
-            k.gather_rows_at(Y, self.order, self.offset, v.Y, stream)
+            k.gather_batch_at(X, Y, self.order, self.offset, v.A[0], v.Y, stream)
             k.advance(self.offset, batch_size, stream)
             engine.backprop(v, batch_size, batch_size, 1.0 / batch_size, stream)
-            k.sgd_update_from(s.params[:nw], s.nabla[:nw], s.velocity[:nw], self.hyper[0], stream)
-            k.sgd_update_from(s.params[nw:], s.nabla[nw:], s.velocity[nw:], self.hyper[1], stream)
+            k.sgd_update_all_from(s.params, s.nabla, s.velocity, self.hyper, s.n_weights, stream)
 
     def _warm_up(self, engine: Any, X: Any, Y: Any, batch_size: int) -> None:
         """One batch of exactly the launches a recording makes (``batches``), run directly before
@@ -122,8 +120,7 @@ def train_epoch_replayed(
     lr, momentum, decay = hyper
     s.backend.copy(order.astype(np.int64), r.order)
     s.backend.copy(np.zeros(1, np.int64), r.offset)
-    s.backend.copy(np.array([lr, momentum, decay]), r.hyper[0])
-    s.backend.copy(np.array([lr, momentum, 0.0]), r.hyper[1])
+    s.backend.copy(np.array([lr, momentum, decay]), r.hyper)
     full = n // batch_size
     replays, rest = divmod(full, per_replay)
     if replays:

@@ -31,11 +31,13 @@ from .elementwise import (  # noqa: F401
     bias_gradient,
     count_correct,
     count_nonfinite,
+    gather_batch,
+    gather_batch_at,
     gather_rows,
-    gather_rows_at,
     output_error,
     sgd_update,
-    sgd_update_from,
+    sgd_update_all,
+    sgd_update_all_from,
 )
 from .fused import train_batches  # noqa: F401
 from .products import forward, hidden_error, weight_gradient  # noqa: F401

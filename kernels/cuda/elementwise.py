@@ -103,15 +103,59 @@ def build(T):
             P[k] = p + v
 
     @cuda.jit(cache=True)
-    def sgd_update_from(P, nabla, velocity, hyper):
-        """sgd_update with (lr, momentum, decay) read from the device array ``hyper``, so a recorded
-        CUDA graph replays with this epoch's values."""
+    def sgd_update_all(P, nabla, velocity, lr, momentum, decay, n_weights):
+        """sgd_update of every parameter in one launch: weight decay on the first n_weights (the
+        weights), none on the rest (the biases)."""
         k = cuda.grid(1)
         if k < P.shape[0]:
             p = P[k]
-            v = T(hyper[1]) * velocity[k] - T(hyper[0]) * (nabla[k] + T(hyper[2]) * p)
+            d = T(decay) if k < n_weights else T(0)
+            v = T(momentum) * velocity[k] - T(lr) * (nabla[k] + d * p)
             velocity[k] = v
             P[k] = p + v
+
+    @cuda.jit(cache=True)
+    def gather_batch(X, Y, order, start, A0, Yb):
+        """Both gathers of a mini-batch in one launch: A0[i] = X[order[start + i]] and
+        Yb[i] = Y[order[start + i]], one thread per element of A0 and Yb together."""
+        t = cuda.grid(1)
+        m, nx = A0.shape
+        ny = Yb.shape[1]
+        if t < m * (nx + ny):
+            i = t // (nx + ny)
+            c = t - i * (nx + ny)
+            row = order[start + i]
+            if c < nx:
+                A0[i, c] = X[row, c]
+            else:
+                Yb[i, c - nx] = Y[row, c - nx]
+
+    @cuda.jit(cache=True)
+    def sgd_update_all_from(P, nabla, velocity, hyper, n_weights):
+        """sgd_update_all with (lr, momentum, decay) read from the device array ``hyper``, so a
+        recorded CUDA graph replays with this epoch's values."""
+        k = cuda.grid(1)
+        if k < P.shape[0]:
+            p = P[k]
+            d = T(hyper[2]) if k < n_weights else T(0)
+            v = T(hyper[1]) * velocity[k] - T(hyper[0]) * (nabla[k] + d * p)
+            velocity[k] = v
+            P[k] = p + v
+
+    @cuda.jit(cache=True)
+    def gather_batch_at(X, Y, order, offset, A0, Yb):
+        """gather_batch of the batch that starts at the device-side position offset[0] of order."""
+        t = cuda.grid(1)
+        m, nx = A0.shape
+        ny = Yb.shape[1]
+        if t < m * (nx + ny):
+            i = t // (nx + ny)
+            c = t - i * (nx + ny)
+            row = order[offset[0] + i]
+            if c < nx:
+                A0[i, c] = X[row, c]
+            else:
+                Yb[i, c - nx] = Y[row, c - nx]
 
     @cuda.jit(cache=True)
     def gather_rows(src, idx, dst):
@@ -121,16 +165,6 @@ def build(T):
         if t < dst.shape[0] * n:
             i = t // n
             dst[i, t - i * n] = src[idx[i], t - i * n]
-
-    @cuda.jit(cache=True)
-    def gather_rows_at(src, perm, offset, dst):
-        """gather_rows of the batch that starts at the device-side position offset[0] of perm:
-        dst[i, c] = src[perm[offset[0] + i], c], so a recorded CUDA graph gathers the next batch."""
-        t = cuda.grid(1)
-        n = dst.shape[1]
-        if t < dst.shape[0] * n:
-            i = t // n
-            dst[i, t - i * n] = src[perm[offset[0] + i], t - i * n]
 
     @cuda.jit(cache=True)
     def advance(offset, step):
@@ -208,19 +242,34 @@ def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, str
     kernels(P.dtype).sgd_update[grid1(P.shape[0], FLAT), FLAT, stream](P, nabla, velocity, lr, momentum, decay)
 
 
-def sgd_update_from(P, nabla, velocity, hyper, stream=0) -> None:
-    """SGD on flat arrays with hyper = (lr, momentum, decay) on the device (float64)."""
-    kernels(P.dtype).sgd_update_from[grid1(P.shape[0], FLAT), FLAT, stream](P, nabla, velocity, hyper)
+def sgd_update_all(P, nabla, velocity, lr: float, momentum: float, decay: float, n_weights: int, stream=0) -> None:
+    """SGD on every parameter in one launch, weight decay on the first n_weights only."""
+    k = kernels(P.dtype).sgd_update_all[grid1(P.shape[0], FLAT), FLAT, stream]
+    k(P, nabla, velocity, lr, momentum, decay, n_weights)
+
+
+def gather_batch(X, Y, order, start: int, A0, Yb, stream=0) -> None:
+    """A0 = X[order[start:start + m]], Yb = Y[order[start:start + m]] (m = rows of A0) in one
+    launch, without slicing order."""
+    n = A0.shape[0] * (A0.shape[1] + Yb.shape[1])
+    kernels(A0.dtype).gather_batch[grid1(n, FLAT), FLAT, stream](X, Y, order, start, A0, Yb)
+
+
+def sgd_update_all_from(P, nabla, velocity, hyper, n_weights: int, stream=0) -> None:
+    """sgd_update_all with hyper = (lr, momentum, decay) on the device (float64)."""
+    k = kernels(P.dtype).sgd_update_all_from[grid1(P.shape[0], FLAT), FLAT, stream]
+    k(P, nabla, velocity, hyper, n_weights)
+
+
+def gather_batch_at(X, Y, order, offset, A0, Yb, stream=0) -> None:
+    """gather_batch of the batch at a position held on the device (offset: int64[1])."""
+    n = A0.shape[0] * (A0.shape[1] + Yb.shape[1])
+    kernels(A0.dtype).gather_batch_at[grid1(n, FLAT), FLAT, stream](X, Y, order, offset, A0, Yb)
 
 
 def gather_rows(src, idx, dst, stream=0) -> None:
     """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
     kernels(dst.dtype).gather_rows[grid1(dst.size, FLAT), FLAT, stream](src, idx, dst)
-
-
-def gather_rows_at(src, perm, offset, dst, stream=0) -> None:
-    """dst[i] = src[perm[offset[0] + i]]: the batch at a position held on the device (int64[1])."""
-    kernels(dst.dtype).gather_rows_at[grid1(dst.size, FLAT), FLAT, stream](src, perm, offset, dst)
 
 
 def advance(offset, step: int, stream=0) -> None:

@@ -93,9 +93,39 @@ def build(T):
         if i < m and j < n:
             Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act, T(1))
 
+    @cuda.jit(device=True)
+    def _column_sums(Delta, scale, nabla_b, j0, width):
+        """BP3 for columns j0 .. j0 + width - 1: nabla_b[j] = scale * sum_i Delta[i, j], by one
+        TILE x TILE block: its TILE rows of threads each sum every TILE-th row of Delta
+        (neighbouring threads read neighbouring columns), then a shared-memory tree adds them."""
+        part = cuda.shared.array((TILE, TILE_PAD), T)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        m, n = Delta.shape
+        for c0 in range(j0, j0 + width, TILE):
+            j = c0 + tx
+            acc = T(0)
+            if j < n:
+                for i in range(ty, m, TILE):
+                    acc += Delta[i, j]
+            part[ty, tx] = acc
+            cuda.syncthreads()
+            half = TILE // 2
+            while half > 0:
+                if ty < half:
+                    part[ty, tx] += part[ty + half, tx]
+                cuda.syncthreads()
+                half //= 2
+            if ty == 0 and j < n:
+                nabla_b[j] = T(scale) * part[0, tx]
+            cuda.syncthreads()
+
     @cuda.jit(cache=True)
-    def weight_gradient_tiled(Delta, A_prev, scale, nabla_w):
-        """BP4 summed over the batch, tiled: nabla_w = scale * Delta^T A_prev."""
+    def weight_gradient_tiled(Delta, A_prev, scale, nabla_w, nabla_b):
+        """BP4 summed over the batch, tiled: nabla_w = scale * Delta^T A_prev; blocks past the last
+        column of nabla_w (a launch with one more column of blocks) do BP3 into nabla_b instead."""
+        if cuda.blockIdx.y * TILE >= A_prev.shape[1]:
+            _column_sums(Delta, scale, nabla_b, cuda.blockIdx.x * TILE, TILE)
+            return
         # The reduction runs over the batch rows i: sD[r, c] = Delta[i0 + r, j0 + c] and
         # sA[r, c] = A_prev[i0 + r, k0 + c]; both loads are coalesced along the rows.
         sD = cuda.shared.array((TILE, TILE), T)
@@ -211,8 +241,12 @@ def build(T):
                     Delta[i, j] = acc[u, v] * fprime(Z[i, j], A[i, j], act, T(1))
 
     @cuda.jit(cache=True)
-    def weight_gradient_blocked(Delta, A_prev, scale, nabla_w):
-        """BP4 summed over the batch, register-blocked: nabla_w = scale * Delta^T A_prev."""
+    def weight_gradient_blocked(Delta, A_prev, scale, nabla_w, nabla_b):
+        """BP4 summed over the batch, register-blocked: nabla_w = scale * Delta^T A_prev; blocks past
+        the last column of nabla_w do BP3 into nabla_b (as the tiled kernel)."""
+        if cuda.blockIdx.y * BLOCK >= A_prev.shape[1]:
+            _column_sums(Delta, scale, nabla_b, cuda.blockIdx.x * BLOCK, BLOCK)
+            return
         acc = cuda.local.array((PER_THREAD, PER_THREAD), T)
         n_out, n_in = nabla_w.shape
         _product_tn(Delta, A_prev, n_out, n_in, Delta.shape[0], acc)
@@ -277,20 +311,27 @@ def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) ->
     k[grid_rows(*Delta.shape, BLOCK), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
 
 
-def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (blocked or tiled by shape;
-    overwrites nabla_w)."""
+    overwrites nabla_w); with ``nabla_b``, BP3 too in the same launch: nabla_b = scale * sum_x Delta."""
     launch = weight_gradient_blocked if blocked(*nabla_w.shape) else weight_gradient_tiled
-    launch(Delta, A_prev, scale, nabla_w, stream)
+    launch(Delta, A_prev, scale, nabla_w, stream, nabla_b)
 
 
-def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
-    """BP4, 16 x 16 shared-memory tiles (overwrites nabla_w)."""
-    k = kernels(nabla_w.dtype).weight_gradient_tiled
-    k[grid_rows(*nabla_w.shape), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
+def _bp4_grid(nabla_w, side: int, nabla_b) -> tuple:
+    """BP4's blocks, and one more column of them for BP3 when nabla_b is given; the kernel's
+    nabla_b argument (row 0 of nabla_w, never written, when there is none)."""
+    rows, cols = grid_rows(*nabla_w.shape, side)
+    return ((rows, cols + 1), nabla_b) if nabla_b is not None else ((rows, cols), nabla_w[0])
 
 
-def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
-    """BP4, register-blocked 64 x 64 tiles (overwrites nabla_w)."""
-    k = kernels(nabla_w.dtype).weight_gradient_blocked
-    k[grid_rows(*nabla_w.shape, BLOCK), BLOCK2, stream](Delta, A_prev, scale, nabla_w)
+def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
+    """BP4 (and BP3 with nabla_b), 16 x 16 shared-memory tiles (overwrites nabla_w)."""
+    grid, bias = _bp4_grid(nabla_w, TILE, nabla_b)
+    kernels(nabla_w.dtype).weight_gradient_tiled[grid, BLOCK2, stream](Delta, A_prev, scale, nabla_w, bias)
+
+
+def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
+    """BP4 (and BP3 with nabla_b), register-blocked 64 x 64 tiles (overwrites nabla_w)."""
+    grid, bias = _bp4_grid(nabla_w, BLOCK, nabla_b)
+    kernels(nabla_w.dtype).weight_gradient_blocked[grid, BLOCK2, stream](Delta, A_prev, scale, nabla_w, bias)
