@@ -5,15 +5,16 @@ A BLAS call that hands half a product to a second thread waits for it at the end
 a machine doing other things too that thread often has no core, and the caller waits a whole
 scheduler slice: measured on the 2-core VM at 784-100-10, batch 128, an epoch took 0.34 s idle
 and 8.3 s (0.8-17 s) with one other busy process, against 0.40 s either way with BLAS on one
-thread (benchmarks/NOTES.md, issue 22). So while gpubp trains on the CPU, the BLAS it calls runs on
-one thread (``one_blas_thread``, through threadpoolctl; a limit the user set is kept if lower),
-and a second core, if this process may use one, gathers the next rows (``gpubp.prefetch``).
+thread (benchmarks/NOTES.md, issue 22). So while gpubp trains on the CPU with products of the
+sizes people tune (``small_products``), the BLAS it calls runs on one thread (``one_blas_thread``,
+through threadpoolctl; a limit the user set is kept if lower), and a second core, if this process
+may use one, gathers the next rows (``gpubp.prefetch``); larger products keep the BLAS's threads.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 _controller: Any = None
@@ -31,9 +32,26 @@ def _blas() -> Any:
     return _controller
 
 
+# Products of fewer multiply-adds than this run on one BLAS thread: ~0.4 ms on one core here, where
+# a stall of a scheduler slice (4-8 ms) waiting for a second thread costs 10-20 times the call.
+# Larger products keep the BLAS's threads: a stall costs them less than the second core brings
+# (784-1024-1024-10 at batch 1024 took 2.5 s per epoch on one thread, 1.2 s on two).
+ONE_THREAD_MACS = 1 << 25
+
+
 def one_blas_thread() -> AbstractContextManager:
     """Within it, every BLAS library runs each call on the calling thread alone."""
     return _blas().limit(limits=1)
+
+
+def small_products(sizes: list[int], batch_size: int) -> bool:
+    """Whether a batch's largest product has fewer than ``ONE_THREAD_MACS`` multiply-adds."""
+    return batch_size * max(a * b for a, b in zip(sizes[:-1], sizes[1:])) < ONE_THREAD_MACS
+
+
+def blas_threads_for(sizes: list[int], batch_size: int) -> AbstractContextManager:
+    """One BLAS thread for small products (``small_products``), the BLAS's own threads otherwise."""
+    return one_blas_thread() if small_products(sizes, batch_size) else nullcontext()
 
 
 def threads() -> int:

@@ -101,18 +101,20 @@ class CpuEngine(Engine):
         """The step a batch of ``fit`` takes (``kernels.cpu.step``, plain SGD), with nabla standing
         in for the velocity, so the momentum state is neither read nor written."""
         w = self.w
-        with cores.one_blas_thread():
+        with cores.blas_threads_for(w.sizes, m):
             self.k.step(w.net._replace(velocity=w.nabla), w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
 
     def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
-        with cores.one_blas_thread():
+        with cores.blas_threads_for(self.w.sizes, batch_size):
             super().steps(X, Y, order_d, start, stop, batch_size, hyper)
 
     def whole_epoch(self, X: Any, Y: Any, order: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
-        """The products on this thread (BLAS on one thread: ``gpubp.cores``) and, with a second
-        core, the gather of the shuffled rows on a helper thread (``gpubp.prefetch``)."""
-        gather_aside = prefetch.worth_it(stop - start, batch_size)  # asks for the user's thread limit: first
-        with cores.one_blas_thread():
+        """Small products on this thread (BLAS on one thread: ``gpubp.cores``) and, with a second
+        core, the gather of the shuffled rows on a helper thread (``gpubp.prefetch``); large
+        products on the BLAS's threads."""
+        small = cores.small_products(self.w.sizes, batch_size)
+        gather_aside = small and prefetch.worth_it(stop - start, batch_size)  # the user's limit: asked first
+        with cores.blas_threads_for(self.w.sizes, batch_size):
             if gather_aside:
                 prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
             else:

@@ -85,3 +85,12 @@ def test_cpu_buffers_start_on_a_cache_line():
     assert all(a.ctypes.data % 64 == 0 for a in (s.params, s.nabla, s.velocity, work.A, work.Z, work.D, work.Y))
     expected = np.concatenate([w.ravel() for w in net.weights] + [b.ravel() for b in net.biases])
     np.testing.assert_array_equal(s.params, expected)
+
+
+def test_small_products_run_on_one_blas_thread_large_ones_keep_the_blas_threads():
+    from gpubp import cores
+
+    assert cores.small_products([784, 100, 10], 128)  # 10 M multiply-adds a product
+    assert cores.small_products([784, 256, 128, 10], 128)
+    assert not cores.small_products([784, 1024, 1024, 10], 1024)  # 1 G: the second core pays
+    assert not cores.small_products([784, 100, 10], 1024)
