@@ -32,11 +32,13 @@ def _blas() -> Any:
     return _controller
 
 
-# Products of fewer multiply-adds than this run on one BLAS thread: ~0.4 ms on one core here, where
-# a stall of a scheduler slice (4-8 ms) waiting for a second thread costs 10-20 times the call.
-# Larger products keep the BLAS's threads: a stall costs them less than the second core brings
-# (784-1024-1024-10 at batch 1024 took 2.5 s per epoch on one thread, 1.2 s on two).
-ONE_THREAD_MACS = 1 << 25
+# Products of fewer multiply-adds than this run on one BLAS thread (up to ~3 ms on one core here),
+# where a stall of a scheduler slice (4-8 ms) waiting for a second thread costs as much as the
+# call or more: with one busy process, 784-100-10 at batch 512 (40 M) on two threads took 3.1 times
+# its idle epoch. Larger products keep the BLAS's threads: a stall costs them less than the second
+# core brings (784-1024-1024-10 at batch 1024, 1 G: 2.5 s per epoch on one thread, 1.2 s on two,
+# 2.4 s on two with one busy process).
+ONE_THREAD_MACS = 1 << 27
 
 
 def one_blas_thread() -> AbstractContextManager:

@@ -93,4 +93,4 @@ def test_small_products_run_on_one_blas_thread_large_ones_keep_the_blas_threads(
     assert cores.small_products([784, 100, 10], 128)  # 10 M multiply-adds a product
     assert cores.small_products([784, 256, 128, 10], 128)
     assert not cores.small_products([784, 1024, 1024, 10], 1024)  # 1 G: the second core pays
-    assert not cores.small_products([784, 100, 10], 1024)
+    assert cores.small_products([784, 256, 128, 10], 512)  # 103 M: on two threads it stalls under load
