@@ -126,8 +126,8 @@ class BestModel:
         self.min_delta = check("min_delta", min_delta)
         self.restore_best = check("restore_best", restore_best)
         self.baseline = check("baseline", baseline)
-        if checkpoint is not None and not isinstance(checkpoint, SavedEpoch):
-            path = os.fspath(check("checkpoint", checkpoint))
+        if checkpoint is not None:
+            path = checkpoint.path if isinstance(checkpoint, SavedEpoch) else os.fspath(check("checkpoint", checkpoint))
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"checkpoint {path}: the folder {folder} does not exist")
@@ -135,7 +135,7 @@ class BestModel:
                 raise ValueError(f"checkpoint {path} is a folder; give a file name such as best.npz")
             if not os.access(folder, os.W_OK | os.X_OK):  # refused now, not after the first epoch
                 raise PermissionError(f"checkpoint {path}: the folder {folder} is not writable")
-            checkpoint = SavedEpoch(path)
+            checkpoint = checkpoint if isinstance(checkpoint, SavedEpoch) else SavedEpoch(path)
         self.monitor = monitor
         self.checkpoint = checkpoint
         self.lower_is_better = MONITORS[monitor] == "min"

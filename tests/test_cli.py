@@ -454,3 +454,11 @@ def test_early_stopping_needs_validation(capsys, tmp_path):
     np.savez(path, X=rng.random((30, 4)), y=np.arange(30) % 2, X_val=np.empty((0, 4)), y_val=np.empty(0, np.int64))
     code, _, err = run(capsys, "train", "--data", path, "--early-stopping", "2", *CPU)
     assert_usage_error(code, err, "--early-stopping", "no validation set")
+
+
+def test_a_save_folder_that_cannot_be_written_is_refused_before_training(capsys, idx_folder, tmp_path, monkeypatch):
+    """As os.access says for the user (root writes anywhere, so the test asks it to say no)."""
+    monkeypatch.setattr("gpubp.training.os.access", lambda path, mode: False)
+    code, out, err = run(capsys, "train", "--data", idx_folder, "--save", tmp_path / "m.npz", *CPU)
+    assert code == 1 and err.count("\n") == 1, err  # one line, as any file the command cannot write
+    assert "is not writable" in err and "epoch 1" not in out
