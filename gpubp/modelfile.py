@@ -54,6 +54,9 @@ MAX_EPOCHS = 10**9
 
 FLOAT_DTYPES = ("float32", "float64")
 
+CONFIG_TYPES = {"sizes": list, "activation": str, "output_activation": (str, type(None)), "loss": str, "dtype": str}
+"""The keys a config must have, and the JSON types of their values."""
+
 
 class Model(NamedTuple):
     """What :func:`read` returns; ``velocity`` is vw0 .. vw(L-1) then vb0 .. vb(L-1), or None."""
@@ -88,13 +91,11 @@ class _Held:
     def __init__(self) -> None:
         self.previous: dict[int, Any] = {}
         self.held: list[int] = []
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals reach Python only in the main thread: nothing to hold here
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handler = signal.getsignal(signum)
-            if handler is not None:  # None: installed outside Python, which we could not restore
-                self.previous[signum] = handler
-        self._hold()
+        if threading.current_thread() is threading.main_thread():  # signals reach Python only there
+            handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+            # None: a handler installed outside Python, which we could not restore
+            self.previous = {signum: h for signum, h in handlers.items() if h is not None}
+            self._hold()
 
     def _record(self, signum: int, frame: Any) -> None:
         self.held.append(signum)
@@ -152,16 +153,13 @@ def write(path: str | os.PathLike[str], config: Config, state: State) -> None:
     """Write a model file: ``format``, ``config`` (the settings and ``epochs_trained``, as JSON) and
     the state's arrays (w0, b0, ..., and the momentum state once it is not zero), by
     :func:`atomic_write`."""
-    members = {"format": np.array(FORMAT), "config": np.array(json.dumps(_config_json(config, state), allow_nan=False))}
+    settings = dict(config.to_dict(), epochs_trained=int(state.epochs_trained))
+    members = {"format": np.array(FORMAT), "config": np.array(json.dumps(settings, allow_nan=False))}
     for name, array in state.arrays().items():
         members[name] = np.asarray(array)
         if members[name].dtype.kind not in "biuf":  # nothing np.savez would pickle
             raise TypeError(f"{name}: a model file holds arrays of numbers, got {members[name].dtype}")
     atomic_write(path, lambda fh: np.savez(fh, **members))
-
-
-def _config_json(config: Config, state: State) -> dict[str, Any]:
-    return dict(config.to_dict(), epochs_trained=int(state.epochs_trained))
 
 
 def atomic_write(path: str | os.PathLike[str], fill: Callable[[Any], None]) -> None:
@@ -204,13 +202,10 @@ def atomic_write(path: str | os.PathLike[str], fill: Callable[[Any], None]) -> N
 def _umask() -> int:
     """The process's umask, read without changing it where Linux says it (os.umask sets it to
     read it, and for that moment files other threads create would get the wrong permissions)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
@@ -218,16 +213,12 @@ def _umask() -> int:
 
 def _sync_folder(folder: str) -> None:
     """Flush the rename to disk too (POSIX; best effort where a folder cannot be opened)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,13 +318,7 @@ def _read_config(npz: Npz, where: str) -> dict[str, Any]:
         raise BadFile(f"{where}: config is not JSON ({e})") from None
     if not isinstance(config, dict):
         raise BadFile(f"{where}: config is a JSON {type(config).__name__}, expected an object")
-    for key, kinds in (
-        ("sizes", list),
-        ("activation", str),
-        ("output_activation", (str, type(None))),
-        ("loss", str),
-        ("dtype", str),
-    ):
+    for key, kinds in CONFIG_TYPES.items():
         if key not in config:
             raise BadFile(f"{where}: config has no {key!r}")
         if not isinstance(config[key], kinds) or (isinstance(config[key], str) and len(config[key]) > MAX_NAME_CHARS):
