@@ -48,5 +48,13 @@ def builds(T) -> SimpleNamespace:
     to PTX without a GPU; which signatures to compile is recorded from real launches by the tests)."""
     merged = {}
     for family in (products.build(T), elementwise.build(T), fused.build(T, fused.SHARED)):
-        merged.update({name: k for name, k in vars(family).items() if not isinstance(k, SimpleNamespace)})
+        merged.update({name: k for name, k in vars(family).items() if _kernel(k)})
     return SimpleNamespace(**merged)
+
+
+def _kernel(k) -> bool:
+    """Whether a family's entry is a kernel (not a device function such as BP3's column sums, nor
+    a namespace): numba-cuda's dispatchers say so in their options, the simulator's in ``_device``."""
+    if isinstance(k, SimpleNamespace):
+        return False
+    return not (getattr(k, "_device", False) or getattr(k, "targetoptions", {}).get("device", False))

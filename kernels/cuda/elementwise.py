@@ -51,29 +51,38 @@ def build(T):
             c = output_error_row(Z[i], A[i], Y[i], Delta[i], loss, act)
             cuda.atomic.add(cost, 0, c)
 
-    @cuda.jit(cache=True)
-    def bias_gradient(Delta, scale, nabla_b):
-        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j]. A TILE x TILE block
-        covers TILE columns: its TILE rows of threads each sum every TILE-th row (neighbouring
-        threads read neighbouring columns), then a tree in shared memory adds the TILE sums."""
+    @cuda.jit(device=True)
+    def column_sums(Delta, scale, nabla_b, j0, width):
+        """BP3 for columns j0 .. j0 + width - 1 (a multiple of TILE) of a TILE x TILE block:
+        nabla_b[j] = scale * sum_i Delta[i, j]. For each TILE columns the block's TILE rows of
+        threads each sum every TILE-th row (neighbouring threads read neighbouring columns), then a
+        tree in shared memory adds the TILE sums. ``bias_gradient`` and the BP4 kernels'
+        extra column of blocks (``products``) run this."""
         part = cuda.shared.array((TILE, TILE_PAD), T)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        j = cuda.blockIdx.x * TILE + tx
         m, n = Delta.shape
-        acc = T(0)
-        if j < n:
-            for i in range(ty, m, TILE):
-                acc += Delta[i, j]
-        part[ty, tx] = acc
-        cuda.syncthreads()
-        half = TILE // 2
-        while half > 0:
-            if ty < half:
-                part[ty, tx] += part[ty + half, tx]
+        for c0 in range(j0, j0 + width, TILE):
+            j = c0 + tx
+            acc = T(0)
+            if j < n:
+                for i in range(ty, m, TILE):
+                    acc += Delta[i, j]
+            part[ty, tx] = acc
             cuda.syncthreads()
-            half //= 2
-        if ty == 0 and j < n:
-            nabla_b[j] = T(scale) * part[0, tx]
+            half = TILE // 2
+            while half > 0:
+                if ty < half:
+                    part[ty, tx] += part[ty + half, tx]
+                cuda.syncthreads()
+                half //= 2
+            if ty == 0 and j < n:
+                nabla_b[j] = T(scale) * part[0, tx]
+            cuda.syncthreads()
+
+    @cuda.jit(cache=True)
+    def bias_gradient(Delta, scale, nabla_b):
+        """BP3 summed over the batch: nabla_b[j] = scale * sum_i Delta[i, j], TILE columns a block."""
+        column_sums(Delta, scale, nabla_b, cuda.blockIdx.x * TILE, TILE)
 
     @cuda.jit(cache=True)
     def bias_activation(Z, b, A, act):

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from numba import cuda
 
 from ..activations import SOFTMAX
+from . import elementwise
 from .common import BLOCK2, TILE, TILE_PAD, f, fprime, numba_type
 from .elementwise import grid_rows, softmax
 
@@ -39,6 +40,7 @@ PER_THREAD = BLOCK // TILE  # each of their TILE x TILE threads sums PER_THREAD 
 @functools.cache
 def build(T):
     """This family's kernels for element type ``T`` (numba.float32 or numba.float64)."""
+    _column_sums = elementwise.build(T).column_sums  # BP3, in the BP4 kernels' extra blocks
 
     @cuda.jit(cache=True)
     def forward_tiled(A_prev, W, b, Z, A, act):
@@ -92,32 +94,6 @@ def build(T):
             cuda.syncthreads()
         if i < m and j < n:
             Delta[i, j] = acc * fprime(Z[i, j], A[i, j], act, T(1))
-
-    @cuda.jit(device=True)
-    def _column_sums(Delta, scale, nabla_b, j0, width):
-        """BP3 for columns j0 .. j0 + width - 1: nabla_b[j] = scale * sum_i Delta[i, j], by one
-        TILE x TILE block: its TILE rows of threads each sum every TILE-th row of Delta
-        (neighbouring threads read neighbouring columns), then a shared-memory tree adds them."""
-        part = cuda.shared.array((TILE, TILE_PAD), T)
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        m, n = Delta.shape
-        for c0 in range(j0, j0 + width, TILE):
-            j = c0 + tx
-            acc = T(0)
-            if j < n:
-                for i in range(ty, m, TILE):
-                    acc += Delta[i, j]
-            part[ty, tx] = acc
-            cuda.syncthreads()
-            half = TILE // 2
-            while half > 0:
-                if ty < half:
-                    part[ty, tx] += part[ty + half, tx]
-                cuda.syncthreads()
-                half //= 2
-            if ty == 0 and j < n:
-                nabla_b[j] = T(scale) * part[0, tx]
-            cuda.syncthreads()
 
     @cuda.jit(cache=True)
     def weight_gradient_tiled(Delta, A_prev, scale, nabla_w, nabla_b):
