@@ -125,7 +125,13 @@ class CudaEngine(Engine):
     """CUDA's order of backpropagation, one kernel launch per operation and layer: per mini-batch
     of L layers with the Numba products, 3 L + 2 launches (one gather of the X and Y rows, a
     forward per layer, BP1, BP4 with BP3 in the same launch per layer, BP2 per hidden layer, one
-    update; a softmax output one more); with cuBLAS, as many Numba launches and 3 L - 1 GEMMs."""
+    update; a softmax output one more); with cuBLAS, as many Numba launches and 3 L - 1 GEMMs.
+
+    A step's launches are planned once (``plan``: each kernel configured, its arguments in a
+    tuple, for one batch's views, scale and stream) and a step calls them in order: no variant
+    chosen, grid sized or argument tuple built per step, but the gather's start row."""
+
+    PLANS = 16  # plans kept; the oldest goes first (each holds views of the work buffers)
 
     def __init__(self, w: Workspace, products: str, epoch_options: dict[str, int]) -> None:
         super().__init__(w)
@@ -136,6 +142,7 @@ class CudaEngine(Engine):
             self.products = (k.forward, k.hidden_error, k.weight_gradient)
         self.bias_in_bp4 = products != "cublas"  # the Numba BP4 kernels also sum BP3
         self.epoch_options = epoch_options
+        self._plans: dict[tuple, tuple] = {}  # (what, cap, m, scale, id(stream)) -> (views, stream, launches)
 
     def update(self, lr: float, momentum: float, decay: float, velocity: Any = None) -> None:
         """SGD on all parameters from nabla in one launch: weights with weight decay, biases without."""
@@ -145,37 +152,72 @@ class CudaEngine(Engine):
 
     def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         """As ``Engine.steps``, with each batch's rows of X and Y gathered in one launch that reads
-        the order from an offset (no slice of it per step); a distributed fit as ``Engine.steps``."""
+        the order from an offset (no slice of it per step); a distributed fit as ``Engine.steps``.
+        The launches are planned before the first step: per step, the gather's call with this
+        batch's start row, then the backprop and update launches as planned."""
         if self.w.dist is not None:
             super().steps(X, Y, order_d, start, stop, batch_size, hyper)
             return
-        w, gather = self.w, self.k.gather_batch
+        w, k = self.w, self.k
+        update = k.sgd_update_all.plan(w.params, w.nabla, w.velocity, *hyper, w.n_weights)
+        planned: dict[int, tuple] = {}  # rows of the batch (all but a last short one: batch_size) -> launches
         for s in range(start, stop, batch_size):
             m = min(batch_size, stop - s)
-            v = w.views(batch_size, m)
-            gather(X, Y, order_d, s, v.A[0], v.Y)
-            self.backprop(v, batch_size, m, 1.0 / m)
-            self.update(*hyper)
+            if m not in planned:
+                v = w.views(batch_size, m)
+                [(gather, _)] = k.gather_batch.plan(X, Y, order_d, s, v.A[0], v.Y)
+                planned[m] = (gather, v.A[0], v.Y, self.plan(v, batch_size, m, 1.0 / m) + update)
+            gather, A0, Yb, launches = planned[m]
+            gather(X, Y, order_d, s, A0, Yb)
+            for call, args in launches:
+                call(*args)
 
     def forward(self, v: Views, cap: int, m: int, stream: Any = 0) -> None:
         """z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L."""
-        w, forward = self.w, self.products[0]
-        for l in range(w.L):
-            forward(v.A[l], w.W[l], w.b[l], v.Z[l + 1], v.A[l + 1], w.host_act_codes[l], stream)
+        for call, args in self._planned("forward", v, cap, m, 0.0, stream, self._forward):
+            call(*args)
 
     def backprop(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> None:
         """Forward, BP1, then down the layers BP4/BP3 and BP2: nabla = scale sum_x dC_x/dp.
 
         ``stream``: where to launch, e.g. a CUDA graph being recorded."""
+        for call, args in self.plan(v, cap, m, scale, stream):
+            call(*args)
+
+    def plan(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> list:
+        """``backprop``'s launches for the batch in ``v``, as (configured kernel, arguments): planned
+        once for these views, scale and stream."""
+        return self._planned("backprop", v, cap, m, scale, stream, self._backprop)
+
+    def _planned(self, what: str, v: Views, cap: int, m: int, scale: float, stream: Any, make: Any) -> list:
+        key = (what, cap, m, scale, id(stream))
+        found = self._plans.get(key)
+        if found is None or found[0] is not v or found[1] is not stream:  # other buffers since
+            if len(self._plans) >= self.PLANS:
+                del self._plans[next(iter(self._plans))]
+            found = self._plans[key] = (v, stream, make(v, scale, stream))
+        return found[2]
+
+    def _forward(self, v: Views, scale: float, stream: Any) -> list:
+        """Forward: z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L, each layer's launches."""
+        w, forward = self.w, self.products[0]
+        out = []
+        for l in range(w.L):
+            out += forward.plan(v.A[l], w.W[l], w.b[l], v.Z[l + 1], v.A[l + 1], w.host_act_codes[l], stream)
+        return out
+
+    def _backprop(self, v: Views, scale: float, stream: Any) -> list:
+        """Forward, BP1, then down the layers BP4 with BP3 and BP2."""
         w, k, L, acts = self.w, self.k, self.w.L, self.w.host_act_codes
         _, hidden_error, weight_gradient = self.products
-        self.forward(v, cap, m, stream)
-        k.output_error(v.Z[L], v.A[L], v.Y, v.D[L], w.loss, acts[L - 1], w.cost, stream)  # BP1
+        out = self._forward(v, scale, stream)
+        out += k.output_error.plan(v.Z[L], v.A[L], v.Y, v.D[L], w.loss, acts[L - 1], w.cost, stream)  # BP1
         for l in reversed(range(L)):
             if self.bias_in_bp4:  # BP4 and BP3 in one launch
-                weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream, nabla_b=w.gb[l])
+                out += weight_gradient.plan(v.D[l + 1], v.A[l], scale, w.gW[l], stream, nabla_b=w.gb[l])
             else:
-                weight_gradient(v.D[l + 1], v.A[l], scale, w.gW[l], stream)  # BP4
-                k.bias_gradient(v.D[l + 1], scale, w.gb[l], stream)  # BP3
+                out += weight_gradient.plan(v.D[l + 1], v.A[l], scale, w.gW[l], stream)  # BP4
+                out += k.bias_gradient.plan(v.D[l + 1], scale, w.gb[l], stream)  # BP3
             if l > 0:  # BP2
-                hidden_error(v.D[l + 1], w.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
+                out += hidden_error.plan(v.D[l + 1], w.W[l], v.Z[l], v.A[l], v.D[l], acts[l - 1], stream)
+        return out

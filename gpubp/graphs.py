@@ -53,11 +53,15 @@ class Recordings:
         the same launches every time, so recordable once."""
         s, k = self.s, self.s.k
         v = s.views(batch_size, batch_size)
+        launches = (
+            k.gather_batch_at.plan(X, Y, self.order, self.offset, v.A[0], v.Y, stream)
+            + k.advance.plan(self.offset, batch_size, stream)
+            + engine.plan(v, batch_size, batch_size, 1.0 / batch_size, stream)
+            + k.sgd_update_all_from.plan(s.params, s.nabla, s.velocity, self.hyper, s.n_weights, stream)
+        )
         for _ in range(batches):
-            k.gather_batch_at(X, Y, self.order, self.offset, v.A[0], v.Y, stream)
-            k.advance(self.offset, batch_size, stream)
-            engine.backprop(v, batch_size, batch_size, 1.0 / batch_size, stream)
-            k.sgd_update_all_from(s.params, s.nabla, s.velocity, self.hyper, s.n_weights, stream)
+            for call, args in launches:
+                call(*args)
 
     def _warm_up(self, engine: Any, X: Any, Y: Any, batch_size: int) -> None:
         """One batch of exactly the launches a recording makes (``batches``), run directly before

@@ -6,8 +6,10 @@ Layout. Rows are samples, as on the CPU: A^(l-1) is (m, n_in), W^l is (n_out, n_
 float64. Launchers have the names and argument order of ``kernels.cpu`` plus a keyword
 ``stream=0``; they pick the kernel built for the arrays' dtype, size the grid themselves and
 launch asynchronously. They never validate (the driver checks shapes and dtypes once) and never
-allocate. Shared arrays need their dtype at compile time, so each family builds its kernels per
-element type in a cached ``build(T)``.
+allocate. Each is written as its launch plan (``elementwise.launcher``): ``launcher.plan(...)``
+returns its (configured kernel, arguments) pairs without launching, so a fit builds a step's
+launches once and then only calls them (``gpubp.engines.CudaEngine``). Shared arrays need their
+dtype at compile time, so each family builds its kernels per element type in a cached ``build(T)``.
 
 One module per family of kernels:
 
@@ -27,6 +29,7 @@ from ..cpu import NetArrays, WorkBuffers  # noqa: F401
 from . import cublas, elementwise, fused, products  # noqa: F401
 from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas  # noqa: F401
 from .elementwise import (  # noqa: F401
+    Launch,
     advance,
     bias_gradient,
     count_correct,
@@ -35,6 +38,7 @@ from .elementwise import (  # noqa: F401
     gather_batch_at,
     gather_rows,
     output_error,
+    run,
     sgd_update,
     sgd_update_all,
     sgd_update_all_from,

@@ -9,7 +9,7 @@ import functools
 
 import numba
 
-from .elementwise import bias_activation, times_fprime
+from .elementwise import Launch, bias_activation, launcher, times_fprime
 
 
 @functools.cache
@@ -65,18 +65,19 @@ def _cupy_stream(pointer: int):
     return cp.cuda.Stream.null if pointer == 0 else cp.cuda.ExternalStream(pointer)
 
 
-def forward_cublas(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+@launcher
+def forward_cublas(A_prev, W, b, Z, A, act: int, stream=0) -> list[Launch]:
     """Feedforward for one layer: Z = A_prev W^T by cuBLAS, then Z += b, A = f(Z) in one kernel."""
-    _gemm("N", "T", A_prev, W, Z, 1.0, stream)
-    bias_activation(Z, b, A, act, stream)
+    return [(_gemm, ("N", "T", A_prev, W, Z, 1.0, stream))] + bias_activation.plan(Z, b, A, act, stream)
 
 
-def hidden_error_cublas(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+@launcher
+def hidden_error_cublas(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> list[Launch]:
     """BP2: Delta = Delta_next W_next by cuBLAS, then Delta ⊙= f'(Z) in one kernel."""
-    _gemm("N", "N", Delta_next, W_next, Delta, 1.0, stream)
-    times_fprime(Z, A, Delta, act, stream)
+    return [(_gemm, ("N", "N", Delta_next, W_next, Delta, 1.0, stream))] + times_fprime.plan(Z, A, Delta, act, stream)
 
 
-def weight_gradient_cublas(Delta, A_prev, scale: float, nabla_w, stream=0) -> None:
+@launcher
+def weight_gradient_cublas(Delta, A_prev, scale: float, nabla_w, stream=0) -> list[Launch]:
     """BP4: nabla_w = scale Delta^T A_prev, one cuBLAS GEMM (overwrites nabla_w)."""
-    _gemm("T", "N", Delta, A_prev, nabla_w, scale, stream)
+    return [(_gemm, ("T", "N", Delta, A_prev, nabla_w, scale, stream))]

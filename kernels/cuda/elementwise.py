@@ -1,5 +1,6 @@
 """Kernels of one thread per element, row or column: BP1, BP3, softmax, the SGD update, the
-epilogues of the cuBLAS products, and the bookkeeping (gathering a batch, counting).
+epilogues of the cuBLAS products, and the bookkeeping (gathering a batch, counting); and how
+every family's launchers are written (``launcher``: a launch plan, run at once or kept).
 
 Formulas for f, f', softmax and the cost/BP1 of one row come from ``activations`` and ``losses``
 as device functions, so these kernels evaluate the same expressions as the CPU ones.
@@ -7,8 +8,11 @@ as device functions, so these kernels evaluate the same expressions as the CPU o
 
 import functools
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
+import numba
 from numba import cuda
 
 from ..activations import SOFTMAX
@@ -216,82 +220,141 @@ def kernels(dtype):
     return build(numba_type(dtype))
 
 
+# ---- launch plans -------------------------------------------------------------------------------
+# A launch is (a configured kernel, its arguments): calling the one with the other launches it. A
+# launcher is written as its plan, the list of launches it makes (the variant chosen, the grid
+# sized, the arguments gathered in a tuple), and ``launcher`` makes it a function that launches at
+# once; ``f.plan(...)`` keeps the list, so a fit builds each step's launches once and a step only
+# calls them (``gpubp.engines.CudaEngine``).
+
+Launch = tuple[Callable[..., Any], tuple]
+
+
+def configured(kernel, grid, block, stream=0) -> Callable[..., Any]:
+    """kernel[grid, block, stream], to call with the arguments. numba-cuda returns a launch
+    configuration that can be called again and again; the simulator's kernel keeps only its last
+    configuration (``kernel[...]`` returns the kernel itself), so there every call configures again."""
+    if numba.config.ENABLE_CUDASIM:
+        return functools.partial(_configure_and_call, kernel, (grid, block, stream))
+    return kernel[grid, block, stream]
+
+
+def _configure_and_call(kernel, configuration, *args) -> None:
+    kernel[configuration](*args)
+
+
+def launcher(plan: Callable[..., list[Launch]]) -> Callable[..., None]:
+    """The launcher of a plan function: it launches what the plan lists; ``.plan`` is the plan."""
+
+    @functools.wraps(plan)
+    def launch(*args, **kwargs) -> None:
+        for call, arguments in plan(*args, **kwargs):
+            call(*arguments)
+
+    launch.plan = plan
+    return launch
+
+
+def run(launches: list[Launch]) -> None:
+    """Launch a plan's launches in order."""
+    for call, arguments in launches:
+        call(*arguments)
+
+
 # ---- launchers: the names and argument order of kernels.cpu, plus stream -----------------------
 
 
-def softmax(Z, A, stream=0) -> None:
+@launcher
+def softmax(Z, A, stream=0) -> list[Launch]:
     """A[i] = softmax(Z[i]) for every row (after a product kernel wrote Z, on the same stream)."""
-    kernels(Z.dtype).softmax_rows[grid1(Z.shape[0], ROWS), ROWS, stream](Z, A)
+    return [(configured(kernels(Z.dtype).softmax_rows, grid1(Z.shape[0], ROWS), ROWS, stream), (Z, A))]
 
 
-def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> None:
+@launcher
+def output_error(Z, A, Y, Delta, loss: int, act: int, cost, stream=0) -> list[Launch]:
     """BP1: Delta = grad_a C ⊙ f'(Z) for every row; cost[0] += sum of the rows' costs C_x."""
-    kernels(Z.dtype).output_error[grid1(Z.shape[0], ROWS), ROWS, stream](Z, A, Y, Delta, loss, act, cost)
+    k = configured(kernels(Z.dtype).output_error, grid1(Z.shape[0], ROWS), ROWS, stream)
+    return [(k, (Z, A, Y, Delta, loss, act, cost))]
 
 
-def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> None:
+@launcher
+def bias_gradient(Delta, scale: float, nabla_b, stream=0) -> list[Launch]:
     """BP3 summed over the batch: nabla_b = scale * sum_x Delta (overwrites nabla_b)."""
-    kernels(nabla_b.dtype).bias_gradient[grid1(nabla_b.shape[0], TILE), BLOCK2, stream](Delta, scale, nabla_b)
+    k = configured(kernels(nabla_b.dtype).bias_gradient, grid1(nabla_b.shape[0], TILE), BLOCK2, stream)
+    return [(k, (Delta, scale, nabla_b))]
 
 
-def bias_activation(Z, b, A, act: int, stream=0) -> None:
+@launcher
+def bias_activation(Z, b, A, act: int, stream=0) -> list[Launch]:
     """Z += b, A = f(Z): the rest of the forward pass after a GEMM wrote Z = A_prev W^T."""
-    kernels(Z.dtype).bias_activation[grid_rows(*Z.shape), BLOCK2, stream](Z, b, A, act)
-    if act == SOFTMAX:
-        softmax(Z, A, stream)
+    k = configured(kernels(Z.dtype).bias_activation, grid_rows(*Z.shape), BLOCK2, stream)
+    return [(k, (Z, b, A, act))] + (softmax.plan(Z, A, stream) if act == SOFTMAX else [])
 
 
-def times_fprime(Z, A, Delta, act: int, stream=0) -> None:
+@launcher
+def times_fprime(Z, A, Delta, act: int, stream=0) -> list[Launch]:
     """Delta ⊙= f'(Z): the rest of BP2 after a GEMM wrote Delta = Delta_next W_next."""
-    kernels(Delta.dtype).times_fprime[grid_rows(*Delta.shape), BLOCK2, stream](Z, A, Delta, act)
+    k = configured(kernels(Delta.dtype).times_fprime, grid_rows(*Delta.shape), BLOCK2, stream)
+    return [(k, (Z, A, Delta, act))]
 
 
-def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, stream=0) -> None:
+@launcher
+def sgd_update(P, nabla, velocity, lr: float, momentum: float, decay: float, stream=0) -> list[Launch]:
     """SGD on flat arrays: v = momentum v - lr (nabla + decay P);  P += v."""
-    kernels(P.dtype).sgd_update[grid1(P.shape[0], FLAT), FLAT, stream](P, nabla, velocity, lr, momentum, decay)
+    k = configured(kernels(P.dtype).sgd_update, grid1(P.shape[0], FLAT), FLAT, stream)
+    return [(k, (P, nabla, velocity, lr, momentum, decay))]
 
 
-def sgd_update_all(P, nabla, velocity, lr: float, momentum: float, decay: float, n_weights: int, stream=0) -> None:
+@launcher
+def sgd_update_all(P, nabla, velocity, lr: float, momentum: float, decay: float, n_weights: int, stream=0) -> list:
     """SGD on every parameter in one launch, weight decay on the first n_weights only."""
-    k = kernels(P.dtype).sgd_update_all[grid1(P.shape[0], FLAT), FLAT, stream]
-    k(P, nabla, velocity, lr, momentum, decay, n_weights)
+    k = configured(kernels(P.dtype).sgd_update_all, grid1(P.shape[0], FLAT), FLAT, stream)
+    return [(k, (P, nabla, velocity, lr, momentum, decay, n_weights))]
 
 
-def gather_batch(X, Y, order, start: int, A0, Yb, stream=0) -> None:
+@launcher
+def gather_batch(X, Y, order, start: int, A0, Yb, stream=0) -> list[Launch]:
     """A0 = X[order[start:start + m]], Yb = Y[order[start:start + m]] (m = rows of A0) in one
     launch, without slicing order."""
     n = A0.shape[0] * (A0.shape[1] + Yb.shape[1])
-    kernels(A0.dtype).gather_batch[grid1(n, FLAT), FLAT, stream](X, Y, order, start, A0, Yb)
+    return [(configured(kernels(A0.dtype).gather_batch, grid1(n, FLAT), FLAT, stream), (X, Y, order, start, A0, Yb))]
 
 
-def sgd_update_all_from(P, nabla, velocity, hyper, n_weights: int, stream=0) -> None:
+@launcher
+def sgd_update_all_from(P, nabla, velocity, hyper, n_weights: int, stream=0) -> list[Launch]:
     """sgd_update_all with hyper = (lr, momentum, decay) on the device (float64)."""
-    k = kernels(P.dtype).sgd_update_all_from[grid1(P.shape[0], FLAT), FLAT, stream]
-    k(P, nabla, velocity, hyper, n_weights)
+    k = configured(kernels(P.dtype).sgd_update_all_from, grid1(P.shape[0], FLAT), FLAT, stream)
+    return [(k, (P, nabla, velocity, hyper, n_weights))]
 
 
-def gather_batch_at(X, Y, order, offset, A0, Yb, stream=0) -> None:
+@launcher
+def gather_batch_at(X, Y, order, offset, A0, Yb, stream=0) -> list[Launch]:
     """gather_batch of the batch at a position held on the device (offset: int64[1])."""
     n = A0.shape[0] * (A0.shape[1] + Yb.shape[1])
-    kernels(A0.dtype).gather_batch_at[grid1(n, FLAT), FLAT, stream](X, Y, order, offset, A0, Yb)
+    k = configured(kernels(A0.dtype).gather_batch_at, grid1(n, FLAT), FLAT, stream)
+    return [(k, (X, Y, order, offset, A0, Yb))]
 
 
-def gather_rows(src, idx, dst, stream=0) -> None:
+@launcher
+def gather_rows(src, idx, dst, stream=0) -> list[Launch]:
     """dst[i] = src[idx[i]]: copies a shuffled mini-batch into a work buffer."""
-    kernels(dst.dtype).gather_rows[grid1(dst.size, FLAT), FLAT, stream](src, idx, dst)
+    return [(configured(kernels(dst.dtype).gather_rows, grid1(dst.size, FLAT), FLAT, stream), (src, idx, dst))]
 
 
-def advance(offset, step: int, stream=0) -> None:
+@launcher
+def advance(offset, step: int, stream=0) -> list[Launch]:
     """offset[0] += step on the device (offset: int64[1])."""
-    build(numba_type(offset.dtype)).advance[1, 1, stream](offset, step)
+    return [(configured(build(numba_type(offset.dtype)).advance, 1, 1, stream), (offset, step))]
 
 
-def count_nonfinite(P, out, stream=0, max_blocks: int = NONFINITE_BLOCKS) -> None:
+@launcher
+def count_nonfinite(P, out, stream=0, max_blocks: int = NONFINITE_BLOCKS) -> list[Launch]:
     """out[0] += number of NaN/inf entries of the flat array P (out: int64, 1 element)."""
     blocks = min(grid1(P.shape[0], FLAT), max_blocks)
-    kernels(P.dtype).count_nonfinite[blocks, FLAT, stream](P, out)
+    return [(configured(kernels(P.dtype).count_nonfinite, blocks, FLAT, stream), (P, out))]
 
 
-def count_correct(A, Y, correct, stream=0) -> None:
+@launcher
+def count_correct(A, Y, correct, stream=0) -> list[Launch]:
     """correct[0] += number of rows with argmax A[i] == argmax Y[i] (correct: int64, 1 element)."""
-    kernels(A.dtype).count_correct[grid1(A.shape[0], ROWS), ROWS, stream](A, Y, correct)
+    return [(configured(kernels(A.dtype).count_correct, grid1(A.shape[0], ROWS), ROWS, stream), (A, Y, correct))]

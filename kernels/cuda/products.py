@@ -29,7 +29,7 @@ from numba import cuda
 from ..activations import SOFTMAX
 from . import elementwise
 from .common import BLOCK2, TILE, TILE_PAD, f, fprime, numba_type
-from .elementwise import grid_rows, softmax
+from .elementwise import Launch, configured, grid_rows, launcher, softmax
 
 BLOCK = 64  # side of the output tile of the register-blocked products
 BLOCK_PAD = BLOCK + 1
@@ -250,64 +250,71 @@ def blocked(rows: int, cols: int) -> bool:
 # ---- launchers: the names and argument order of kernels.cpu, plus stream -----------------------
 
 
-def forward(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+@launcher
+def forward(A_prev, W, b, Z, A, act: int, stream=0) -> list[Launch]:
     """Feedforward for one layer: Z = A_prev W^T + b, A = f(Z) (blocked or tiled by shape)."""
-    (forward_blocked if blocked(*Z.shape) else forward_tiled)(A_prev, W, b, Z, A, act, stream)
+    return (forward_blocked if blocked(*Z.shape) else forward_tiled).plan(A_prev, W, b, Z, A, act, stream)
 
 
-def forward_tiled(A_prev, W, b, Z, A, act: int, stream=0) -> None:
-    """Feedforward for one layer, 16 x 16 shared-memory tiles."""
-    kernels(Z.dtype).forward_tiled[grid_rows(*Z.shape), BLOCK2, stream](A_prev, W, b, Z, A, act)
-    if act == SOFTMAX:  # a second launch on the same stream sees the whole of Z
-        softmax(Z, A, stream)
+@launcher
+def forward_tiled(A_prev, W, b, Z, A, act: int, stream=0) -> list[Launch]:
+    """Feedforward for one layer, 16 x 16 shared-memory tiles (then softmax, a second launch on
+    the same stream, which sees the whole of Z)."""
+    k = configured(kernels(Z.dtype).forward_tiled, grid_rows(*Z.shape), BLOCK2, stream)
+    return [(k, (A_prev, W, b, Z, A, act))] + (softmax.plan(Z, A, stream) if act == SOFTMAX else [])
 
 
-def forward_blocked(A_prev, W, b, Z, A, act: int, stream=0) -> None:
+@launcher
+def forward_blocked(A_prev, W, b, Z, A, act: int, stream=0) -> list[Launch]:
     """Feedforward for one layer, register-blocked 64 x 64 tiles."""
-    kernels(Z.dtype).forward_blocked[grid_rows(*Z.shape, BLOCK), BLOCK2, stream](A_prev, W, b, Z, A, act)
-    if act == SOFTMAX:
-        softmax(Z, A, stream)
+    k = configured(kernels(Z.dtype).forward_blocked, grid_rows(*Z.shape, BLOCK), BLOCK2, stream)
+    return [(k, (A_prev, W, b, Z, A, act))] + (softmax.plan(Z, A, stream) if act == SOFTMAX else [])
 
 
-def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+@launcher
+def hidden_error(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> list[Launch]:
     """BP2: Delta = (Delta_next W_next) ⊙ f'(Z) (blocked or tiled by shape)."""
-    launch = hidden_error_blocked if blocked(*Delta.shape) else hidden_error_tiled
-    launch(Delta_next, W_next, Z, A, Delta, act, stream)
+    version = hidden_error_blocked if blocked(*Delta.shape) else hidden_error_tiled
+    return version.plan(Delta_next, W_next, Z, A, Delta, act, stream)
 
 
-def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+@launcher
+def hidden_error_tiled(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> list[Launch]:
     """BP2, 16 x 16 shared-memory tiles."""
-    k = kernels(Delta.dtype).hidden_error_tiled
-    k[grid_rows(*Delta.shape), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
+    k = configured(kernels(Delta.dtype).hidden_error_tiled, grid_rows(*Delta.shape), BLOCK2, stream)
+    return [(k, (Delta_next, W_next, Z, A, Delta, act))]
 
 
-def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> None:
+@launcher
+def hidden_error_blocked(Delta_next, W_next, Z, A, Delta, act: int, stream=0) -> list[Launch]:
     """BP2, register-blocked 64 x 64 tiles."""
-    k = kernels(Delta.dtype).hidden_error_blocked
-    k[grid_rows(*Delta.shape, BLOCK), BLOCK2, stream](Delta_next, W_next, Z, A, Delta, act)
+    k = configured(kernels(Delta.dtype).hidden_error_blocked, grid_rows(*Delta.shape, BLOCK), BLOCK2, stream)
+    return [(k, (Delta_next, W_next, Z, A, Delta, act))]
 
 
-def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
+@launcher
+def weight_gradient(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> list[Launch]:
     """BP4 summed over the batch: nabla_w = scale * Delta^T A_prev (blocked or tiled by shape;
     overwrites nabla_w); with ``nabla_b``, BP3 too in the same launch: nabla_b = scale * sum_x Delta."""
-    launch = weight_gradient_blocked if blocked(*nabla_w.shape) else weight_gradient_tiled
-    launch(Delta, A_prev, scale, nabla_w, stream, nabla_b)
+    version = weight_gradient_blocked if blocked(*nabla_w.shape) else weight_gradient_tiled
+    return version.plan(Delta, A_prev, scale, nabla_w, stream, nabla_b)
 
 
-def _bp4_grid(nabla_w, side: int, nabla_b) -> tuple:
+def _bp4(kernel, side: int, Delta, A_prev, scale: float, nabla_w, stream, nabla_b) -> list[Launch]:
     """BP4's blocks, and one more column of them for BP3 when nabla_b is given; the kernel's
-    nabla_b argument (row 0 of nabla_w, never written, when there is none)."""
+    nabla_b argument is row 0 of nabla_w, never written, when there is none."""
     rows, cols = grid_rows(*nabla_w.shape, side)
-    return ((rows, cols + 1), nabla_b) if nabla_b is not None else ((rows, cols), nabla_w[0])
+    grid, bias = ((rows, cols + 1), nabla_b) if nabla_b is not None else ((rows, cols), nabla_w[0])
+    return [(configured(kernel, grid, BLOCK2, stream), (Delta, A_prev, scale, nabla_w, bias))]
 
 
-def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
+@launcher
+def weight_gradient_tiled(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> list[Launch]:
     """BP4 (and BP3 with nabla_b), 16 x 16 shared-memory tiles (overwrites nabla_w)."""
-    grid, bias = _bp4_grid(nabla_w, TILE, nabla_b)
-    kernels(nabla_w.dtype).weight_gradient_tiled[grid, BLOCK2, stream](Delta, A_prev, scale, nabla_w, bias)
+    return _bp4(kernels(nabla_w.dtype).weight_gradient_tiled, TILE, Delta, A_prev, scale, nabla_w, stream, nabla_b)
 
 
-def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> None:
+@launcher
+def weight_gradient_blocked(Delta, A_prev, scale: float, nabla_w, stream=0, nabla_b=None) -> list[Launch]:
     """BP4 (and BP3 with nabla_b), register-blocked 64 x 64 tiles (overwrites nabla_w)."""
-    grid, bias = _bp4_grid(nabla_w, BLOCK, nabla_b)
-    kernels(nabla_w.dtype).weight_gradient_blocked[grid, BLOCK2, stream](Delta, A_prev, scale, nabla_w, bias)
+    return _bp4(kernels(nabla_w.dtype).weight_gradient_blocked, BLOCK, Delta, A_prev, scale, nabla_w, stream, nabla_b)
