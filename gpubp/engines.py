@@ -128,8 +128,8 @@ class CudaEngine(Engine):
     update; a softmax output one more); with cuBLAS, as many Numba launches and 3 L - 1 GEMMs.
 
     A step's launches are planned once (``plan``: each kernel configured, its arguments in a
-    tuple, for one batch's views, scale and stream) and a step calls them in order: no variant
-    chosen, grid sized or argument tuple built per step, but the gather's start row."""
+    tuple, for one batch's views and scale) and a step calls them in order: no variant chosen,
+    grid sized or argument tuple built per step, but the gather's start row."""
 
     PLANS = 16  # plans kept; the oldest goes first (each holds views of the work buffers)
 
@@ -142,7 +142,7 @@ class CudaEngine(Engine):
             self.products = (k.forward, k.hidden_error, k.weight_gradient)
         self.bias_in_bp4 = products != "cublas"  # the Numba BP4 kernels also sum BP3
         self.epoch_options = epoch_options
-        self._plans: dict[tuple, tuple] = {}  # (what, cap, m, scale, id(stream)) -> (views, stream, launches)
+        self._plans: dict[tuple, tuple] = {}  # (what, cap, m, scale) -> (views, launches), stream 0
 
     def update(self, lr: float, momentum: float, decay: float, velocity: Any = None) -> None:
         """SGD on all parameters from nabla in one launch: weights with weight decay, biases without."""
@@ -186,17 +186,21 @@ class CudaEngine(Engine):
 
     def plan(self, v: Views, cap: int, m: int, scale: float, stream: Any = 0) -> list:
         """``backprop``'s launches for the batch in ``v``, as (configured kernel, arguments): planned
-        once for these views, scale and stream."""
+        once for these views and scale (on the default stream)."""
         return self._planned("backprop", v, cap, m, scale, stream, self._backprop)
 
     def _planned(self, what: str, v: Views, cap: int, m: int, scale: float, stream: Any, make: Any) -> list:
-        key = (what, cap, m, scale, id(stream))
+        """The plan ``make`` builds, kept for the default stream (a recording, on its own stream,
+        plans its batches once itself; keeping it would keep the recording's stream alive)."""
+        if not (isinstance(stream, int) and stream == 0):
+            return make(v, scale, stream)
+        key = (what, cap, m, scale)
         found = self._plans.get(key)
-        if found is None or found[0] is not v or found[1] is not stream:  # other buffers since
+        if found is None or found[0] is not v:  # other work buffers since
             if len(self._plans) >= self.PLANS:
                 del self._plans[next(iter(self._plans))]
-            found = self._plans[key] = (v, stream, make(v, scale, stream))
-        return found[2]
+            found = self._plans[key] = (v, make(v, scale, stream))
+        return found[1]
 
     def _forward(self, v: Views, scale: float, stream: Any) -> list:
         """Forward: z^l = W^l a^(l-1) + b^l, a^l = f(z^l) for l = 1..L, each layer's launches."""
