@@ -10,9 +10,10 @@ loop (one of at least ``PRODUCT_FFMA`` FFMA). The counts are static: each loop b
 not weighted by its trip count.
 
 For every Execution: kernel launches and device-array launch arguments per mini-batch step, and
-the host microseconds per step of a fit whose launches are stubbed out (in the simulator: gpubp's
+the host microseconds per step of epochs whose launches are stubbed out (in the simulator: gpubp's
 own Python per step, without Numba's dispatcher, whose cost numba-cuda puts at ~6.6 us plus
-~3.5 us per array argument on a fast host; ``DISPATCH_US`` below). Then the cost model's
+~3.5 us per array argument on a fast host; ``DISPATCH_US`` below), beside the same measured on
+the tree before issue 20 item 3 (``HOST_BEFORE``). Then the cost model's
 predicted seconds per epoch on an H100, if ``gpubp.schedule`` has one (``COST_MODEL``).
 
 ``tests/launches.py`` and the PTX/resource tests call the same functions.
@@ -42,6 +43,23 @@ SM_REGISTERS, SM_THREADS, SM_BLOCKS, SM_SHARED = 65536, 2048, 32, 228 * 1024
 BLOCK_SHARED_RESERVED = 1024  # bytes the driver reserves per block on sm_80+
 REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 DISPATCH_US = (6.6, 3.5)  # numba-cuda's launch cost on a fast host: per launch, per array argument (assumption)
+# per_step (launches and GEMMs stubbed, the fastest of 30 epochs of 2000 rows) on the tree before issue 20
+# item 3 (commit f2edeb4, a worktree, this file's per_step loaded beside it), on this VM (2 shared cores)
+# (the fastest of three runs, 2026-12-03; each run's minimum varied by up to 1.5x with the load)
+HOST_BEFORE = {
+    "commit": "f2edeb4", "rows": 2000, "repeats": 30,
+    "paths": {
+        "layers": {"launches_per_step": 12.005, "array_args_per_step": 42.01, "host_us_per_step_stubbed": 46.8},
+        "epoch": {"launches_per_step": 0.010, "array_args_per_step": 0.08, "host_us_per_step_stubbed": 0.2},
+        "graph": {"launches_per_step": 13.135, "array_args_per_step": 47.48, "host_us_per_step_stubbed": 44.1},
+        "cublas": {"launches_per_step": 10.005, "array_args_per_step": 30.01, "host_us_per_step_stubbed": 38.8},
+        "cublas-graph": {"launches_per_step": 11.115, "array_args_per_step": 35.36, "host_us_per_step_stubbed": 38.2},
+    },
+}  # fmt: skip
+for _before in HOST_BEFORE["paths"].values():
+    _before["dispatch_us_per_step_model"] = (
+        _before["launches_per_step"] * DISPATCH_US[0] + _before["array_args_per_step"] * DISPATCH_US[1]
+    )
 COST_MODEL = "predict_epoch_seconds"  # the function of gpubp.schedule the report calls, when it exists
 # the whole-epoch kernel as issue 20 found it (commit d4231cd), read by this report: for before/after
 FUSED_BEFORE = {
@@ -157,13 +175,28 @@ def small_fits() -> None:
         wide.fit(rng.standard_normal((64, 64)), rng.uniform(0, 1, 64), epochs=1, batch_size=64)
 
 
+def contract_launches() -> None:
+    """Launch, on tiny arrays, the launchers of ``kernels.cpu``'s contract that a fit on CUDA no
+    longer takes (it gathers X and Y in one launch and updates all parameters in one)."""
+    import numpy as np
+    from numba import cuda
+
+    from gpubp.kernels import cuda as kc
+
+    for dtype in ("float32", "float64"):
+        flat, rows = cuda.to_device(np.zeros(3, dtype)), cuda.to_device(np.zeros((2, 3), dtype))
+        kc.sgd_update(flat, flat, flat, 0.1, 0.0, 0.0)
+        kc.gather_rows(rows, cuda.to_device(np.zeros(2, np.int64)), rows)
+
+
 def census() -> tuple[set[tuple], dict[tuple, int]]:
-    """(every launch of ``small_fits`` as (element type, name, argument specs), the block size
-    gpubp uses for each (element type, name) at its default Tuning)."""
+    """(every launch of ``small_fits`` and ``contract_launches`` as (element type, name, argument
+    specs), the block size gpubp uses for each (element type, name) at its default Tuning)."""
     import gpubp
 
     with spy() as seen:
         small_fits()
+        contract_launches()
     threads = {(t, n): k for t, n, _, k in seen}
     for t in ("float32", "float64"):  # the small fits run the fused kernel with 37 threads
         threads[(t, "train_fused")] = gpubp.Tuning().fused_threads
@@ -188,30 +221,69 @@ def fused_launches() -> list[tuple]:
     return list(found.values())
 
 
-def per_step(path: str, sizes=(784, 30, 10), batch_size: int = 10, rows: int = 200, dtype="float32") -> dict:
-    """Launches and device-array arguments per mini-batch step of one epoch under ``path``, and
-    host microseconds per step with every launch stubbed out (the simulator's host side)."""
+@contextlib.contextmanager
+def stubbed():
+    """Inside: every simulator launch returns at once, configuring a kernel returns it as it is and
+    a cuBLAS GEMM does nothing, with no bookkeeping: what is left of a step is gpubp's own Python."""
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    from gpubp.kernels.cuda import cublas
+
+    call, configure, gemm = FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__, cublas._gemm
+
+    def launch(kernel, *args):
+        return call(kernel, *args) if kernel._device else None
+
+    FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__ = launch, lambda kernel, configuration: kernel
+    cublas._gemm = lambda *args: None
+    try:
+        yield
+    finally:
+        FakeCUDAKernel.__call__, FakeCUDAKernel.__getitem__, cublas._gemm = call, configure, gemm
+
+
+def per_step(
+    path: str, sizes=(784, 30, 10), batch_size: int = 10, rows: int = 2000, dtype="float32", repeats: int = 30
+) -> dict:
+    """Launches and device-array arguments per mini-batch step of one epoch under ``path`` (counted
+    by ``spy``), and gpubp's own host microseconds per step: ``Schedule.train_epoch`` timed with
+    every launch and GEMM stubbed (``stubbed``), the fastest of ``repeats`` epochs (the least
+    disturbed by other processes), over its steps. On the graph paths this is the launch loop a
+    recording holds (the simulator records nothing); a GPU replays it in one call per
+    ``Tuning.graph_batches`` steps."""
     import numpy as np
 
     import gpubp
+    from gpubp import schedule
 
     rng = np.random.default_rng(0)
     X, labels = rng.standard_normal((rows, sizes[0])).astype(dtype), rng.integers(0, sizes[-1], rows)
     net = gpubp.Network(list(sizes), dtype=dtype, device="cuda", path=path)
-    with spy(run=False):
-        net.fit(X, labels, epochs=1, batch_size=batch_size)  # first call: compiles, allocates
     steps = -(-rows // batch_size)
-    with spy(run=False) as seen:
+    epoch, times = schedule.Schedule.train_epoch, []
+
+    def timed(*args, **kwargs):
         t0 = time.perf_counter()
+        epoch(*args, **kwargs)
+        times.append(time.perf_counter() - t0)
+
+    with stubbed():  # from the first epoch on, which plans the steps' launches (GEMMs stubbed in them)
         net.fit(X, labels, epochs=1, batch_size=batch_size)
-        wall = time.perf_counter() - t0
+        with spy(run=False) as seen:
+            net.fit(X, labels, epochs=1, batch_size=batch_size)
+        schedule.Schedule.train_epoch = timed
+        try:
+            net.fit(X, labels, epochs=repeats, batch_size=batch_size)
+        finally:
+            schedule.Schedule.train_epoch = epoch
     launches = len(seen) / steps
     arrays = sum(_arrays(s) for _, _, specs, _ in seen for s in specs) / steps
     return {
         "path": path,
         "launches_per_step": launches,
         "array_args_per_step": arrays,
-        "host_us_per_step_stubbed": 1e6 * wall / steps,
+        "host_us_per_step_stubbed": 1e6 * min(times) / steps,
+        "host_us_per_step_stubbed_median": 1e6 * sorted(times)[len(times) // 2] / steps,
         "dispatch_us_per_step_model": launches * DISPATCH_US[0] + arrays * DISPATCH_US[1],
         "kernels": sorted({n for _, n, _, _ in seen}),
     }
@@ -224,6 +296,7 @@ import importlib, json, sys, types
 import numba
 from numba import cuda
 from numba.cuda.cudadrv import nvvm
+from numba.cuda.cudadrv.error import NvrtcSupportError, NvvmSupportError
 if not nvvm.is_available():
     print("SKIP: libNVVM not found"); sys.exit(77)
 if not cuda.is_available():
@@ -246,7 +319,10 @@ out = {}
 for i, (t, name, specs) in enumerate(json.load(open(sys.argv[1]))):
     T = getattr(numba, t)
     kernel = getattr(kc.builds(T) if t != "int64" else elementwise.build(T), name)
-    ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba_type(s) for s in specs), cc=(9, 0), lineinfo=True)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba_type(s) for s in specs), cc=(9, 0), lineinfo=True)
+    except (NvvmSupportError, NvrtcSupportError) as e:
+        print("SKIP:", e); sys.exit(77)
     path = f"{sys.argv[2]}/{i}_{name}_{t}.ptx"
     open(path, "w").write(ptx)
     out[i] = path
@@ -550,17 +626,38 @@ def markdown(record: dict) -> str:
     for key in FUSED_BEFORE["float32"]:
         cells = [f"{FUSED_BEFORE[t][key]} | {fmt(record['fused'].get(t, {}).get(key))}" for t in ("float32", "float64")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    before = HOST_BEFORE
     lines += [
         "",
-        "## Per mini-batch step, each Execution (784-30-10, batch 10, float32; launches stubbed in the simulator)",
+        f"## Per mini-batch step, each Execution (784-30-10, batch 10, float32, {before['rows']} rows; simulator)",
         "",
-        "| path | launches/step | device-array args/step | host us/step (stubbed) | + dispatch model us/step |",
-        "|---|---|---|---|---|",
+        "Launches and device-array arguments counted per step. Host us/step: gpubp's own Python per step, "
+        "`Schedule.train_epoch` timed with every launch and GEMM stubbed, the fastest of "
+        f"{before['repeats']} epochs over its steps (a shared, busy 2-core VM: the minimum is the least disturbed "
+        "epoch, medians run 1.2-2x higher). Dispatch: numba-cuda's own launch cost, not measured here (no GPU), "
+        f"modelled as {DISPATCH_US[0]} us a launch + {DISPATCH_US[1]} us a device-array argument. Before: commit "
+        f"{before['commit']}, measured by this same function in a worktree of it (`HOST_BEFORE`). Graph paths: "
+        "the launch loop a recording holds (the simulator records nothing); a GPU replays it in one call per "
+        "`Tuning.graph_batches` steps. cuBLAS paths: the GEMMs' own host time (CuPy, cuBLAS) is in neither column.",
+        "",
+        "| path | launches/step before, now | array args/step before, now | host us/step before | host us/step now "
+        "| host now / before | + dispatch model before | + dispatch model now | total before | total now "
+        "| total now / before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in record["executions"]:
+        b = before["paths"].get(e["path"])
+        if b is None:
+            continue
+        total_b = b["host_us_per_step_stubbed"] + b["dispatch_us_per_step_model"]
+        total = e["host_us_per_step_stubbed"] + e["dispatch_us_per_step_model"]
+        own = e["host_us_per_step_stubbed"] / b["host_us_per_step_stubbed"]
         lines.append(
-            f"| {e['path']} | {e['launches_per_step']:.2f} | {e['array_args_per_step']:.1f} | "
-            f"{e['host_us_per_step_stubbed']:.0f} | {e['dispatch_us_per_step_model']:.0f} |"
+            f"| {e['path']} | {b['launches_per_step']:.2f}, {e['launches_per_step']:.2f} | "
+            f"{b['array_args_per_step']:.1f}, {e['array_args_per_step']:.1f} | {b['host_us_per_step_stubbed']:.1f} | "
+            f"{e['host_us_per_step_stubbed']:.1f} | {own:.2f} | "
+            f"{b['dispatch_us_per_step_model']:.0f} | "
+            f"{e['dispatch_us_per_step_model']:.0f} | {total_b:.0f} | {total:.0f} | {total / total_b:.2f} |"
         )
     lines += ["", "## Cost model: predicted seconds per epoch on an H100 (gpubp.schedule), beside gpubp's CPU", ""]
     lines += _prediction_lines(record["predictions"])

@@ -7,9 +7,9 @@ from benchmarks import static
 ELEMENT_TYPES = static.ELEMENT_TYPES
 
 
-def record(monkeypatch=None) -> set[tuple]:
-    """Train small networks through every way an epoch can run, in both dtypes, and return every
-    launch as (element type, kernel name, argument specs). (``monkeypatch`` is not needed any more:
-    the spy restores the simulator's launch itself.)"""
+def record() -> set[tuple]:
+    """Train small networks through every way an epoch can run, in both dtypes, and launch the
+    launchers a fit no longer takes (``static.census``); return every launch as (element type,
+    kernel name, argument specs)."""
     launched, _ = static.census()
     return launched

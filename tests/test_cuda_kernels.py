@@ -8,14 +8,8 @@ write fails the test. Tolerances are relative to the magnitude of the terms summ
 (``TOL * (|ref| + mag)``), since a sum of terms of mixed sign can be tiny.
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
-import textwrap
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -471,127 +465,59 @@ def test_training_step_on_views(dtype, rng):
 
 # ---- every kernel that runs compiles to PTX for the H100 ---------------------------------------
 
-PTX_SCRIPT = textwrap.dedent(
-    """
-    import importlib, json, re, sys, types
-    import numba
-    from numba import cuda
-    from numba.cuda.cudadrv import nvvm
-    from numba.cuda.cudadrv.error import NvrtcSupportError, NvvmSupportError
-
-    if not nvvm.is_available():
-        print("SKIP: libNVVM not found"); sys.exit(77)
-    if not cuda.is_available():
-        # A device-function dispatcher asks the current device for its compute capability even
-        # under compile_ptx; without a GPU, stand in one of cc 9.0.
-        import numba.cuda.dispatcher
-        numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-    from gpubp.kernels import cuda as kc
-    from gpubp.kernels.cuda import elementwise
-
-    def numba_type(spec):
-        if spec[0] == "array":
-            return numba.types.Array(getattr(numba, spec[1]), spec[2], spec[3])
-        if spec[0] == "namedtuple":
-            cls = getattr(importlib.import_module(spec[1]), spec[2])
-            return numba.types.BaseTuple.from_types([numba_type(s) for s in spec[3]], cls)
-        return getattr(numba, spec[0])
-
-    for t, name, specs in json.load(open(sys.argv[1])):
-        T = getattr(numba, t)
-        kernel = getattr(kc.builds(T) if t != "int64" else elementwise.build(T), name)
-        sig = tuple(numba_type(s) for s in specs)
-        try:
-            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
-        except (NvvmSupportError, NvrtcSupportError) as e:
-            print("SKIP:", e); sys.exit(77)
-        if name.endswith("_tiled"):
-            assert ".shared" in ptx and "bar.sync" in ptx, name
-        if t == "float32":
-            # float32 stays float32: a consumer GPU runs float64 at 1/32 to 1/64 of the rate.
-            # Only float64 scalar arguments (converted once) and the cost's float64 sum may appear.
-            f64 = r"^\\s+((?:add|sub|mul|div|fma|rcp|sqrt|ex2|lg2|neg|abs|min|max|setp|selp)[\\w.]*\\.f64)\\b"
-            assert not re.findall(f64, ptx, re.M), (name, sorted(set(re.findall(f64, ptx, re.M))))
-        print(name, t, len(ptx))
-        if name == "train_fused":
-            with open(f"{sys.argv[2]}/{name}_{t}.ptx", "w") as out:
-                out.write(ptx)
-    """
-)
-
-
-def ptxas():
-    """NVIDIA's PTX assembler, from the nvidia-cuda-nvcc wheel or the PATH, or None."""
-    try:
-        import nvidia.cuda_nvcc
-
-        found = Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas"
-        if found.exists():
-            return str(found)
-    except ImportError:
-        pass
-    return shutil.which("ptxas")
+F64 = r"^\s+((?:add|sub|mul|div|fma|rcp|sqrt|ex2|lg2|neg|abs|min|max|setp|selp)[\w.]*\.f64)\b"
 
 
 @pytest.mark.slow
-def test_every_kernel_that_runs_compiles_to_ptx(tmp_path, monkeypatch):
-    """Every launch of small fits through every way an epoch runs is recorded in the simulator
-    (``launches.py``), every kernel of the library must be among them, and each recorded
-    signature is compiled for sm_90 in a subprocess (under the simulator this process's
-    numba.cuda has no compiler).
+def test_every_kernel_that_runs_compiles_to_ptx(tmp_path):
+    """Every launch of small fits through every way an epoch runs, and of the launchers a fit no
+    longer takes, is recorded in the simulator (``launches.py``: the static report's census), every
+    kernel of the library must be among them, and each recorded signature is compiled for sm_90
+    by the static report's code (``benchmarks.static.compile_ptx``: a subprocess, since under the
+    simulator this process's numba.cuda has no compiler).
 
-    The fused kernel then goes through ptxas for sm_90: its one block of ``Tuning().fused_threads``
-    threads must fit an H100 multiprocessor's 64K registers and 48 KB of static shared memory,
-    or every launch would fail with "too many resources requested".
+    The fused kernel then goes through ptxas for sm_90 (``static.assemble``): its one block of
+    ``Tuning().fused_threads`` threads must fit an H100 multiprocessor's 64K registers and 48 KB of
+    static shared memory, or every launch would fail with "too many resources requested".
     """
-    import json
-
     import launches
+    import numba
     from numba import config
+
+    from benchmarks import static
 
     if not config.ENABLE_CUDASIM:
         pytest.skip("records launches in the simulator")
-    seen = launches.record(monkeypatch)
-    import numba
-
-    # launchers of kernels.cpu's contract that a fit on CUDA no longer takes (it gathers X and Y in
-    # one launch and updates all parameters in one): launched here, so that they compile too
-    from benchmarks import static
-
-    with static.spy() as direct:
-        for dtype in ("float32", "float64"):
-            flat, rows = cuda.to_device(np.zeros(3, dtype)), cuda.to_device(np.zeros((2, 3), dtype))
-            kc.sgd_update(flat, flat, flat, 0.1, 0.0, 0.0)
-            kc.gather_rows(rows, cuda.to_device(np.zeros(2, np.int64)), rows)
-    seen = set(seen) | {(t, n, s) for t, n, s, _ in direct}
+    seen = sorted(launches.record(), key=repr)
     names = {name for t in ("float32", "float64") for name in vars(kc.builds(getattr(numba, t)))}
     assert names | {"advance"} == {name for _, name, _ in seen}, "a kernel the library holds never runs"
-    census = tmp_path / "launches.json"
-    census.write_text(json.dumps(sorted(seen)))
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-c", PTX_SCRIPT, str(census), str(tmp_path)]
-    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
-    if r.returncode == 77:
-        pytest.skip(r.stdout.strip().splitlines()[-1])
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert len(r.stdout.splitlines()) == len(seen)
-    assembler = ptxas()
-    if assembler is None:
+    try:
+        ptx = static.compile_ptx(seen, tmp_path)
+    except RuntimeError as e:
+        if str(e).startswith("SKIP"):
+            pytest.skip(str(e))
+        raise
+    assert len(ptx) == len(seen)
+    for (t, name, _), path in zip(seen, ptx, strict=True):
+        text = path.read_text()
+        if name.endswith("_tiled"):
+            assert ".shared" in text and "bar.sync" in text, name
+        if t == "float32":
+            # float32 stays float32: a consumer GPU runs float64 at 1/32 to 1/64 of the rate.
+            # Only float64 scalar arguments (converted once) and the cost's float64 sum may appear.
+            assert not re.findall(F64, text, re.M), (name, sorted(set(re.findall(F64, text, re.M))))
+    if static.tool("ptxas") is None:
         pytest.skip("ptxas not found: the fused kernel's register use is unchecked")
-    fused = sorted(tmp_path.glob("train_fused_*.ptx"))
-    assert len(fused) == 2
+    fused = [(t, path) for (t, name, _), path in zip(seen, ptx, strict=True) if name == "train_fused"]
+    assert sorted(t for t, _ in fused) == ["float32", "float64"]
     threads = gpubp.Tuning().fused_threads
-    for ptx in fused:
-        a = subprocess.run([assembler, "-arch=sm_90", "-v", str(ptx), "-o", os.devnull], capture_output=True, text=True)
-        assert a.returncode == 0, a.stderr
-        registers = int(re.search(r"Used (\d+) registers", a.stderr).group(1))
-        smem = re.search(r"(\d+) bytes smem", a.stderr)
-        assert "0 bytes spill stores" in a.stderr, a.stderr
-        assert registers * threads <= 65536, f"{ptx.name}: {registers} registers x {threads} threads"
+    for dtype, path in fused:
+        _, res = static.assemble(path)
+        registers = res["registers"]
+        assert res["spill_stores"] == 0 and res["spill_loads"] == 0, res
+        assert registers * threads <= 65536, f"{dtype}: {registers} registers x {threads} threads"
         # Tuning's check at construction assumes at most this many (gpubp.schedule.FUSED_REGISTERS)
-        dtype = ptx.stem.split("_")[-1]
         assumed = gpubp.schedule.FUSED_REGISTERS[dtype]
-        assert registers <= assumed, f"{ptx.name}: {registers} registers; raise schedule.FUSED_REGISTERS to it"
-        print(f"{ptx.name}: {registers} registers (Tuning assumes {assumed})")
-        assert (int(smem.group(1)) if smem else 0) <= 48 * 1024, a.stderr
+        assert registers <= assumed, f"{dtype}: {registers} registers; raise schedule.FUSED_REGISTERS to it"
+        print(f"train_fused {dtype}: {registers} registers (Tuning assumes {assumed})")
+        assert res["shared_bytes"] <= 48 * 1024, res
