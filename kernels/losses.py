@@ -30,59 +30,78 @@ CODES = {"quadratic": QUADRATIC, "cross_entropy": CROSS_ENTROPY, "log_likelihood
 NAMES = {code: name for name, code in CODES.items()}
 
 
-def softplus(x, zero):
-    """ln(1 + e^x) without overflow; -ln(sigma(z)) = softplus(-z), -ln(1 - sigma(z)) = softplus(z).
+def _make_output_error_row(fprime, index):
+    """``output_error_row`` calling ``fprime``, its indices of Numba type ``index`` (numba.uint64:
+    unsigned indices in ``while`` loops, as ``activations.softmax_row``)."""
 
-    ``zero`` is 0 in x's precision, so float32 stays float32."""
-    return max(x, zero) + math.log1p(math.exp(-abs(x)))
-
-
-def _make_output_error_row(fprime, softplus):
     def output_error_row(z, a, y, delta, loss, act):
         """BP1 for one sample: fill ``delta`` and return the sample's cost C_x.
 
         All arithmetic is in the arrays' precision (float32 on a consumer GPU runs float64 at
         1/32 to 1/64 of the rate); the kernels sum the per-sample costs in float64."""
-        n = z.shape[0]
+        n, one_ = index(z.shape[0]), index(1)
         zero, half, one = z.dtype.type(0), z.dtype.type(0.5), z.dtype.type(1)
         cost = zero
         # The cost C_x, from z where ln a would lose precision.
         if loss == QUADRATIC:
-            for j in range(n):
+            j = index(0)
+            while j < n:
                 d = a[j] - y[j]
                 cost += half * d * d
+                j += one_
         elif act == SOFTMAX:  # LOG_LIKELIHOOD: ln a_j = z_j - ln sum_k e^(z_k)
             zmax = z[0]
-            for j in range(1, n):
+            j = one_
+            while j < n:
                 zmax = max(zmax, z[j])
+                j += one_
             total = zero
-            for j in range(n):
+            j = index(0)
+            while j < n:
                 total += math.exp(z[j] - zmax)
+                j += one_
             log_sum = zmax + math.log(total)
-            for j in range(n):
-                if y[j] != 0:
-                    cost -= y[j] * (z[j] - log_sum)
+            j = index(0)
+            while j < n:
+                yj = y[j]
+                if yj != 0:
+                    cost -= yj * (z[j] - log_sum)
+                j += one_
         elif act == SIGMOID:  # CROSS_ENTROPY with sigmoid outputs
-            for j in range(n):
-                cost += y[j] * softplus(-z[j], zero) + (one - y[j]) * softplus(z[j], zero)
+            j = index(0)
+            while j < n:
+                # -ln sigma(z) = softplus(-z), -ln(1 - sigma(z)) = softplus(z), where without
+                # overflow softplus(x) = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|): one exp, one log1p
+                zj, yj = z[j], y[j]
+                l1pe = math.log1p(math.exp(-abs(zj)))
+                cost += yj * (max(-zj, zero) + l1pe) + (one - yj) * (max(zj, zero) + l1pe)
+                j += one_
         else:  # not reached: the network refuses other combinations
             cost = z.dtype.type(math.nan)
 
         # BP1: delta = grad_a C ⊙ f'(z).
+        j = index(0)
         if (loss == CROSS_ENTROPY and act == SIGMOID) or (loss == LOG_LIKELIHOOD and act == SOFTMAX):
-            for j in range(n):
+            while j < n:
                 delta[j] = a[j] - y[j]
+                j += one_
         elif act == SOFTMAX:  # QUADRATIC: delta_j = a_j (g_j - sum_k g_k a_k), g = a - y
             ga = zero
-            for j in range(n):
-                g = a[j] - y[j]
+            while j < n:
+                aj = a[j]
+                g = aj - y[j]
                 delta[j] = g
-                ga += g * a[j]
-            for j in range(n):
+                ga += g * aj
+                j += one_
+            j = index(0)
+            while j < n:
                 delta[j] = a[j] * (delta[j] - ga)
+                j += one_
         else:  # QUADRATIC with an elementwise activation: (a - y) ⊙ f'(z)
-            for j in range(n):
-                delta[j] = (a[j] - y[j]) * fprime(z[j], a[j], act, one)
+            while j < n:
+                aj = a[j]
+                delta[j] = (aj - y[j]) * fprime(z[j], aj, act, one)
+                j += one_
         return cost
 
     return output_error_row
@@ -91,11 +110,12 @@ def _make_output_error_row(fprime, softplus):
 @functools.cache
 def compile_for(target: str):
     """Return ``output_error_row`` compiled for ``target``: "cpu" (@njit) or "cuda" (device function)."""
-    _, fprime, _ = _activations_for(target)
-    if target == "cpu":
-        from numba import njit
+    import numba
 
-        return njit(inline="always")(_make_output_error_row(fprime, njit(inline="always")(softplus)))
+    _, fprime, _ = _activations_for(target)
+    output_error_row = _make_output_error_row(fprime, numba.uint64)
+    if target == "cpu":
+        return numba.njit(inline="always")(output_error_row)
     from numba import cuda
 
-    return cuda.jit(device=True)(_make_output_error_row(fprime, cuda.jit(device=True)(softplus)))
+    return cuda.jit(device=True)(output_error_row)
