@@ -260,7 +260,7 @@ def build(T, shared: int = SHARED):
         while i < m:  # BP1, one thread per row
             r = o_L + i * n_L
             Z, A, D = Zbuf[r : r + n_L], Abuf[r : r + n_L], Dbuf[r : r + n_L]
-            cuda.atomic.add(work.cost, 0, output_error_row(Z, A, Y[perm[s + i]], D, net.loss, acts[L - 1]))
+            cuda.atomic.add(work.cost, 0, output_error_row(Z, A, Y[U(perm[s + i])], D, net.loss, acts[L - 1]))
             i += nt
         cuda.syncthreads()
         for l in range(L - 1, -1, -1):
@@ -283,7 +283,7 @@ def build(T, shared: int = SHARED):
             _update_layer(l, m, net, work, lr_, mom, dec, t, nt)
         cuda.syncthreads()  # the next batch overwrites the buffers this one read
 
-    @cuda.jit
+    @cuda.jit(cache=True)  # the shared buffer's size is a closure cell: each (T, shared) its own cache entry
     def train_fused(X, Y, perm, start, stop, net, work, lr, momentum, decay):
         """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time, in one thread block:
         for each batch, gather, forward staged through shared memory (W read coalesced), then BP1,
