@@ -14,8 +14,15 @@ may use one, gathers the next rows (``gpubp.prefetch``); larger products keep th
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 _controller: Any = None
 
@@ -62,3 +69,50 @@ def threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     limits = [lib["num_threads"] for lib in _blas().info()]
     return max(1, min([cores, *limits]))
+
+
+# -- a batch in two halves, the second on a helper thread ---------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+_halves: WeakKeyDictionary = WeakKeyDictionary()  # Workspace -> {cap: kernels.cpu.Halves}
+
+
+def in_halves(m: int) -> bool:
+    """Whether a batch of m rows is backpropagated as two halves (``kernels.cpu.SPLIT_ROWS``)."""
+    from kernels.cpu import SPLIT_ROWS
+
+    return m >= SPLIT_ROWS
+
+
+def halves(w: Workspace, cap: int) -> Any:
+    """The buffers the second halves of batches of up to ``cap`` rows are computed in
+    (``kernels.cpu.Halves``), made once per workspace and size."""
+    k, made = w.backend.kernels, _halves.setdefault(w, {})
+    if cap not in made:
+        work = w.buffers(cap)
+        helper_work = k.WorkBuffers(*(np.empty_like(a) for a in work[:4]), np.zeros(1), cap)
+        helper_net, solo_net = (w.net._replace(nabla=np.zeros_like(w.nabla)) for _ in range(2))
+        made[cap] = k.Halves(helper_net, helper_work, solo_net, work._replace(cost=np.zeros(1)), np.zeros(5, np.int64))
+    return made[cap]
+
+
+def whole_epoch_in_halves(
+    w: Workspace, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: int, stop: int, batch_size: int, hyper: tuple
+) -> None:
+    """``kernels.cpu.train_batches_in_halves`` over rows order[start:stop]: with small products
+    and a second core the second half of each batch on a helper thread, else all on this one."""
+    global _pool
+    k, h = w.backend.kernels, halves(w, batch_size)
+    helper = small_products(w.sizes, batch_size) and threads() >= 2
+    if not helper:
+        k.train_batches_in_halves(X, Y, order, start, stop, w.net, w.buffers(batch_size), h, *hyper, False)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpubp-halves")  # one per concurrent fit
+    h.flags[:] = 0
+    served = _pool.submit(k.serve_halves, X, Y, order, h)
+    try:
+        k.train_batches_in_halves(X, Y, order, start, stop, w.net, w.buffers(batch_size), h, *hyper, True)
+    finally:
+        h.flags[k.QUIT] = 1
+        served.result()

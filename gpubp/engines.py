@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import cores, prefetch
 from .workspace import Views, Workspace
 
@@ -100,9 +102,14 @@ class CpuEngine(Engine):
     def sgd_step(self, v: Views, cap: int, m: int, lr: float) -> None:
         """The step a batch of ``fit`` takes (``kernels.cpu.step``, plain SGD), with nabla standing
         in for the velocity, so the momentum state is neither read nor written."""
-        w = self.w
+        w, net = self.w, self.w.net._replace(velocity=self.w.nabla)
         with cores.blas_threads_for(w.sizes, m):
-            self.k.step(w.net._replace(velocity=w.nabla), w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
+            if cores.in_halves(m):  # as fit takes such a batch: in two halves (kernels.cpu.halves_step)
+                X, Y, rows = v.A[0].copy(), v.Y.copy(), np.arange(m)
+                halves = cores.halves(w, cap)
+                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), halves, lr, 0.0, 0.0, False, False)
+            else:
+                self.k.step(net, w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
 
     def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         with cores.blas_threads_for(self.w.sizes, batch_size):
@@ -115,7 +122,9 @@ class CpuEngine(Engine):
         small = cores.small_products(self.w.sizes, batch_size)
         gather_aside = small and prefetch.worth_it(stop - start, batch_size)  # the user's limit: asked first
         with cores.blas_threads_for(self.w.sizes, batch_size):
-            if gather_aside:
+            if cores.in_halves(batch_size):
+                cores.whole_epoch_in_halves(self.w, X, Y, order, start, stop, batch_size, hyper)
+            elif gather_aside:
                 prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
             else:
                 super().whole_epoch(X, Y, order, start, stop, batch_size, hyper)

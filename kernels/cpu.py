@@ -18,13 +18,14 @@ from numba.extending import overload
 from .activations import SIGMOID, SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
+from .sync import cycles, load_acquire, store_release, yield_core
 
 
 def _drop_stale_cache() -> None:
     """Numba's on-disk cache checks only this file's timestamp, but these kernels inline the
     formulas of activations.py and losses.py: drop the cache when any of the three changed."""
     here = Path(__file__).parent
-    sources = b"".join((here / name).read_bytes() for name in ("activations.py", "losses.py", "cpu.py"))
+    sources = b"".join((here / name).read_bytes() for name in ("activations.py", "losses.py", "sync.py", "cpu.py"))
     stamp, marker = hashlib.sha256(sources).hexdigest(), here / "__pycache__" / "gpubp-kernels.stamp"
     try:
         if marker.read_text() == stamp:
@@ -565,3 +566,126 @@ def train_batches(X, Y, perm, start, stop, net, work, lr, momentum, decay):
         gather_rows(Y, perm[s:e], targets(work, Y.shape[1], m))
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
         step(net, work, m, 1.0 / m, lr, momentum, decay, True, keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# A batch in two halves. A batch of at least SPLIT_ROWS rows is backpropagated as two halves of
+# rows, and its gradient is the first half's plus the second's, in that order, whichever thread
+# computed the second: a helper thread (``serve_halves``) on the second core when it is there and
+# on time, else this one. The parameters a seed trains to therefore do not depend on the cores.
+
+SPLIT_ROWS = 64
+
+# The int64 flags the two threads hand a batch over with: a ticket posted, started and done, the
+# batch as one word (its first row in the order << 32 | its rows: read whole, never half of one
+# batch and half of the next), and QUIT.
+POSTED, STARTED, DONE, BATCH, QUIT = range(5)
+
+
+class Halves(NamedTuple):
+    """Where the second half of a batch is computed: on the helper thread, in network arrays with
+    a nabla of its own and work buffers of its own (and a cost); on this thread, in network arrays
+    with a spare nabla and this thread's work buffers with a spare cost; and the flags."""
+
+    helper_net: Any  # NetArrays
+    helper_work: Any  # WorkBuffers
+    solo_net: Any
+    solo_work: Any
+    flags: Any  # int64 (5,)
+
+
+@jit
+def half_gradient(X, Y, idx, scale, net, work):
+    """nabla = scale sum_x dC_x/dp over rows idx of (X, Y) (BP1-BP4, no update); cost += theirs."""
+    m = idx.shape[0]
+    gather_rows(X, idx, slot(work.A, net.row_offsets, 0, work.cap, m))
+    gather_rows(Y, idx, targets(work, Y.shape[1], m))
+    step(net, work, m, scale, 0.0, 0.0, 0.0, False, False)
+
+
+@jit
+def serve_halves(X, Y, perm, halves):
+    """The helper thread: the second half of every batch posted in halves.flags, until QUIT."""
+    f, net, work = halves.flags, halves.helper_net, halves.helper_work
+    done = load_acquire(f, DONE)
+    while True:
+        ticket = load_acquire(f, POSTED)
+        if ticket == done:
+            if load_acquire(f, QUIT) != 0:
+                return
+            yield_core()
+            continue
+        batch = load_acquire(f, BATCH)  # a later ticket's batch, if posted meanwhile: not used then
+        s, m = batch >> 32, batch & 0xFFFFFFFF
+        store_release(f, STARTED, ticket)
+        work.cost[0] = 0.0
+        half_gradient(X, Y, perm[s + m // 2 : s + m], 1.0 / m, net, work)
+        store_release(f, DONE, ticket)
+        done = ticket
+
+
+@jit
+def halves_step(X, Y, perm, s, e, net, work, halves, lr, momentum, decay, keep, ask):
+    """One step of mini-batch SGD on rows perm[s:e] of (X, Y), as two halves: the first here,
+    the second on the helper thread if ``ask`` (and it starts in time), else here too; then
+    nabla = first + second and the SGD step on all parameters (weights with decay).
+
+    Returns 0 if the helper was on time (or not asked), 1 if this thread waited for it longer
+    than half its own half took, 2 if it did not start in time and this thread did the half."""
+    m = e - s
+    h, f, scale, ticket = s + m // 2, halves.flags, 1.0 / m, 0
+    if ask:
+        ticket = f[POSTED] + 1
+        f[BATCH] = (s << 32) | m
+        store_release(f, POSTED, ticket)
+    t0 = cycles()
+    half_gradient(X, Y, perm[s:h], scale, net, work)
+    t1 = cycles()
+    late = 0
+    if ask:
+        while load_acquire(f, DONE) != ticket:
+            if load_acquire(f, STARTED) != ticket and cycles() - t1 > (t1 - t0) // 4:
+                late = 2
+                break
+            yield_core()
+        if late == 0 and cycles() - t1 > (t1 - t0) // 2:
+            late = 1
+    if ask and late != 2:
+        second, cost = halves.helper_net.nabla, halves.helper_work.cost
+    else:
+        second, cost = halves.solo_net.nabla, halves.solo_work.cost
+        cost[0] = 0.0
+        half_gradient(X, Y, perm[h:e], scale, halves.solo_net, halves.solo_work)
+    work.cost[0] += cost[0]
+    g = net.nabla
+    for k in range(g.shape[0]):
+        g[k] += second[k]
+    plain = momentum == 0 and decay == 0 and not keep
+    v, nw = second if plain else net.velocity, net.layout[0, 1]  # plain SGD: v = -lr nabla is scratch
+    sgd_update(net.params[:nw], g[:nw], v[:nw], lr, momentum, decay)
+    sgd_update(net.params[nw:], g[nw:], v[nw:], lr, momentum, 0.0)
+    return late
+
+
+@jit
+def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, momentum, decay, helper):
+    """Mini-batch SGD over rows perm[start:stop], work.cap (>= SPLIT_ROWS) rows at a time, each
+    batch in two halves (``halves_step``; a last batch under SPLIT_ROWS rows whole). With
+    ``helper``, the second halves go to the helper thread; after a batch it was late for, this
+    thread does them itself for 1, 2, 4, ... batches (the core is likely taken), then asks again."""
+    cap, alone, backoff = work.cap, 0, 1
+    for s in range(start, stop, cap):
+        e = min(s + cap, stop)
+        keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
+        if e - s < SPLIT_ROWS:
+            gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, e - s))
+            gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
+            step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
+            continue
+        late = halves_step(X, Y, perm, s, e, net, work, halves, lr, momentum, decay, keep, helper and alone == 0)
+        if alone > 0:
+            alone -= 1
+        elif late != 0:
+            alone, backoff = backoff, min(2 * backoff, 1024)
+        elif helper:
+            backoff = max(1, backoff // 2)
