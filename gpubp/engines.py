@@ -107,7 +107,7 @@ class CpuEngine(Engine):
             if cores.in_halves(m):  # as fit takes such a batch: in two halves (kernels.cpu.halves_step)
                 X, Y, rows = v.A[0].copy(), v.Y.copy(), np.arange(m)
                 halves = cores.halves(w, cap)
-                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), halves, lr, 0.0, 0.0, False, False)
+                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), halves, (float(lr), 0.0, 0.0), False, False)
             else:
                 self.k.step(net, w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
 

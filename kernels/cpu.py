@@ -625,14 +625,14 @@ def serve_halves(X, Y, perm, halves):
 
 
 @jit
-def halves_step(X, Y, perm, s, e, net, work, halves, lr, momentum, decay, keep, ask):
+def halves_step(X, Y, perm, s, e, net, work, halves, hyper, keep, ask):
     """One step of mini-batch SGD on rows perm[s:e] of (X, Y), as two halves: the first here,
     the second on the helper thread if ``ask`` (and it starts in time), else here too; then
     nabla = first + second and the SGD step on all parameters (weights with decay).
 
     Returns 0 if the helper was on time (or not asked), 1 if this thread waited for it longer
     than half its own half took, 2 if it did not start in time and this thread did the half."""
-    m = e - s
+    (lr, momentum, decay), m = hyper, e - s
     h, f, scale, ticket = s + m // 2, halves.flags, 1.0 / m, 0
     if ask:
         ticket = f[POSTED] + 1
@@ -682,7 +682,7 @@ def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, mome
             gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
             step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
             continue
-        late = halves_step(X, Y, perm, s, e, net, work, halves, lr, momentum, decay, keep, helper and alone == 0)
+        late = halves_step(X, Y, perm, s, e, net, work, halves, (lr, momentum, decay), keep, helper and alone == 0)
         if alone > 0:
             alone -= 1
         elif late != 0:

@@ -69,7 +69,7 @@ def test_a_helper_that_does_not_start_in_time_changes_nothing():
         net = gpubp.Network([6, 5, 3], dtype="float64", device="cpu", seed=1)
         w = net._schedule
         halves = cores.halves(w, m)
-        late = cpu.halves_step(X, Y, np.arange(m), 0, m, w.net, w.buffers(m), halves, 0.5, 0.0, 0.0, False, ask)
+        late = cpu.halves_step(X, Y, np.arange(m), 0, m, w.net, w.buffers(m), halves, (0.5, 0.0, 0.0), False, ask)
         assert late == (2 if ask else 0)
         got.append(w.params.copy())
     np.testing.assert_array_equal(got[0], got[1])
