@@ -79,7 +79,7 @@ _halves: WeakKeyDictionary = WeakKeyDictionary()  # Workspace -> {cap: kernels.c
 
 def in_halves(m: int) -> bool:
     """Whether a batch of m rows is backpropagated as two halves (``kernels.cpu.SPLIT_ROWS``)."""
-    from kernels.cpu import SPLIT_ROWS
+    from .kernels.cpu import SPLIT_ROWS
 
     return m >= SPLIT_ROWS
 

@@ -122,3 +122,14 @@ def test_no_formatting_is_switched_off():
     paths = [*(ROOT / "gpubp").glob("*.py"), *(ROOT / "kernels").rglob("*.py")]
     marks = ("fmt: " + "skip", "fmt: " + "off")  # spelled apart, so this file is not one of them
     assert [p.name for p in paths if any(mark in p.read_text() for mark in marks)] == []
+
+
+def test_the_driver_imports_the_kernels_as_its_subpackage():
+    """Installed, the kernels are ``gpubp.kernels``: a top-level ``kernels`` import works only from
+    the repository's root (and would compile a second copy of every kernel there)."""
+    for path in (ROOT / "gpubp").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "kernels" for n in names), f"{path.name}:{node.lineno}"
