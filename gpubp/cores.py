@@ -97,13 +97,20 @@ def halves(w: Workspace, cap: int) -> Any:
 
 
 def whole_epoch_in_halves(
-    w: Workspace, X: np.ndarray, Y: np.ndarray, order: np.ndarray, start: int, stop: int, batch_size: int, hyper: tuple
+    w: Workspace,
+    X: np.ndarray,
+    Y: np.ndarray,
+    order: np.ndarray,
+    start: int,
+    stop: int,
+    batch_size: int,
+    hyper: tuple,
+    helper: bool,
 ) -> None:
-    """``kernels.cpu.train_batches_in_halves`` over rows order[start:stop]: with small products
-    and a second core the second half of each batch on a helper thread, else all on this one."""
+    """``kernels.cpu.train_batches_in_halves`` over rows order[start:stop]: with ``helper`` the
+    second half of each batch on a helper thread, else all on this one."""
     global _pool
     k, h = w.backend.kernels, halves(w, batch_size)
-    helper = small_products(w.sizes, batch_size) and threads() >= 2
     if not helper:
         k.train_batches_in_halves(X, Y, order, start, stop, w.net, w.buffers(batch_size), h, *hyper, False)
         return

@@ -120,10 +120,11 @@ class CpuEngine(Engine):
         core, the gather of the shuffled rows on a helper thread (``gpubp.prefetch``); large
         products on the BLAS's threads."""
         small = cores.small_products(self.w.sizes, batch_size)
-        gather_aside = small and prefetch.worth_it(stop - start, batch_size)  # the user's limit: asked first
+        two = small and cores.threads() >= 2  # asked before the limit below makes the BLAS's 1 the answer
+        gather_aside = two and prefetch.worth_it(stop - start, batch_size)
         with cores.blas_threads_for(self.w.sizes, batch_size):
             if cores.in_halves(batch_size):
-                cores.whole_epoch_in_halves(self.w, X, Y, order, start, stop, batch_size, hyper)
+                cores.whole_epoch_in_halves(self.w, X, Y, order, start, stop, batch_size, hyper, two)
             elif gather_aside:
                 prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
             else:

@@ -73,3 +73,14 @@ def test_a_helper_that_does_not_start_in_time_changes_nothing():
         assert late == (2 if ask else 0)
         got.append(w.params.copy())
     np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_a_fit_hands_halves_to_the_helper_when_the_process_has_two_cores():
+    """Asked as a user's fit asks it (gpubp.cores.threads not replaced): with two cores the helper
+    takes halves. (Asked inside the one-BLAS-thread limit, threads() would say 1, and no helper.)"""
+    if cores.threads() < 2:
+        pytest.skip("this process may use one core")
+    net = gpubp.Network([6, 5, 3], seed=4, device="cpu")
+    rng = np.random.default_rng(3)
+    net.fit(rng.standard_normal((300, 6)), rng.integers(0, 3, 300), epochs=1, batch_size=2 * cpu.SPLIT_ROWS)
+    assert cores.halves(net._schedule, 2 * cpu.SPLIT_ROWS).flags[cpu.DONE] > 0
