@@ -54,7 +54,8 @@ def auto_device() -> tuple[str, str]:
 
 
 class Backend:
-    """A device: its name, its kernels module, and how arrays get there and back."""
+    """A device: its name, its kernels module, and how arrays get there and back. Each device
+    defines the methods that here have only a docstring."""
 
     name: str
     kernels: ModuleType
@@ -62,21 +63,18 @@ class Backend:
 
     def to_device(self, array: np.ndarray) -> Any:
         """A C-contiguous copy of a host array on this device."""
-        raise NotImplementedError
 
     def empty(self, shape: Any, dtype: Any) -> Any:
-        raise NotImplementedError
+        """An uninitialised array of this device."""
 
     def zeros(self, shape: Any, dtype: Any) -> Any:
         return self.to_device(np.zeros(shape, dtype))
 
     def to_host(self, array: Any) -> np.ndarray:
         """A numpy copy of an array of this device."""
-        raise NotImplementedError
 
     def copy(self, src: Any, dst: Any) -> None:
         """dst[...] = src, dst on this device, src on it or on the host."""
-        raise NotImplementedError
 
     def synchronize(self) -> None:
         """Wait for the work launched so far."""
@@ -215,9 +213,7 @@ def device_report() -> dict[str, Any]:
         for name in ("gpubp", "numba", "numba-cuda", "numpy", "cupy", "cupy-cuda12x", "cupy-cuda13x")
     }
     usable, reason = cuda_status()
-    report["cuda_usable"] = usable
-    report["cuda"] = reason
-    report["simulator"] = simulator_enabled()
+    report.update(cuda_usable=usable, cuda=reason, simulator=simulator_enabled())
     if usable and not simulator_enabled():
         from numba import cuda
 

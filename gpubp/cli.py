@@ -42,6 +42,7 @@ from .training import decayed_lr
 
 PROG = "gpubp"
 TEXTBOOK_HIDDEN = [30]
+NETWORK_OPTIONS = ("activation", "output_activation", "loss", "init", "dtype")  # Network's defaults are the CLI's
 HISTORY = ("epoch", "lr", "loss", "val_loss", "val_accuracy", "seconds")  # fit's record of each epoch
 
 
@@ -76,24 +77,24 @@ def _interrupt_status(e: BaseException) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 784,30,10, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers like 784,30,10, got {text!r}")
-    return values
+def _list_of(kind: type, ok: Callable[[Any], bool], noun: str, adjective: str, example: str) -> Callable[[str], list]:
+    """An option type: comma-separated numbers of ``kind`` (else "expected ``noun`` like ``example``"),
+    each ``ok`` (else "expected ``adjective`` ``noun`` like ...")."""
+
+    def read(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} like {example}, got {text!r}") from None
+        if not values or not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {adjective} {noun} like {example}, got {text!r}")
+        return values
+
+    return read
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.05,0.10, got {text!r}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers like 0.05,0.10, got {text!r}")
-    return values
+_int_list = _list_of(int, lambda v: v >= 1, "integers", "positive", "784,30,10")
+_float_list = _list_of(float, math.isfinite, "numbers", "finite", "0.05,0.10")
 
 
 def _name(text: str) -> str:
@@ -318,7 +319,7 @@ class _Progress:
 
 def _check_train_options(args: argparse.Namespace) -> None:
     if args.resume:
-        settings = ("sizes", "hidden", "activation", "output_activation", "loss", "init", "dtype")
+        settings = ("sizes", "hidden", *NETWORK_OPTIONS)
         given = ["--" + key.replace("_", "-") for key in settings if getattr(args, key) is not None]
         if given:
             raise UsageError(f"--resume takes the model's own layers and settings; drop {', '.join(given)}")
@@ -343,16 +344,8 @@ def _train_network(args: argparse.Namespace, ds: gdata.Dataset) -> Network:
             raise UsageError("--sizes needs at least two layers, e.g. 784,30,10")
         _check_fits(args.sizes, ds, f"--sizes {','.join(map(str, args.sizes))}")
     sizes = args.sizes or [ds.n_features, *(args.hidden or TEXTBOOK_HIDDEN), ds.n_classes]
-    return Network(
-        sizes,
-        activation=args.activation or "sigmoid",
-        output_activation=args.output_activation,
-        loss=args.loss or "quadratic",
-        init=args.init or "scaled",
-        dtype=args.dtype or "float32",
-        device=args.device,
-        seed=args.seed,
-    )
+    given = {key: getattr(args, key) for key in NETWORK_OPTIONS if getattr(args, key) is not None}
+    return Network(sizes, device=args.device, seed=args.seed, **given)  # the others: Network's defaults
 
 
 class _Training:
@@ -556,14 +549,9 @@ def _saved_line(saved: SavedEpoch, epochs_before: int) -> str:
 
 
 def _extras(args: argparse.Namespace) -> str:
-    parts = []
-    if args.momentum:
-        parts.append(f"momentum {args.momentum:g}")
-    if args.weight_decay:
-        parts.append(f"weight decay {args.weight_decay:g}")
-    if args.lr_decay != 1:
-        parts.append(f"lr decay {args.lr_decay:g}")
-    return (", " + ", ".join(parts)) if parts else ""
+    """ ", momentum 0.9, weight decay 0.0001, lr decay 0.95": the SGD settings that are not their defaults."""
+    settings = (("momentum", args.momentum, 0), ("weight decay", args.weight_decay, 0), ("lr decay", args.lr_decay, 1))
+    return "".join(f", {name} {value:g}" for name, value, default in settings if value != default)
 
 
 def _plot(history: dict[str, list], path: str, title: str) -> None:
@@ -709,8 +697,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[Any], N
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The argparse parser of the ``gpubp`` command, and each subcommand's parser by name."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train multilayer perceptrons by backpropagation with Numba kernels (CUDA or CPU).",
+        prog=PROG, description="Train multilayer perceptrons by backpropagation with Numba kernels (CUDA or CPU)."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -9,6 +9,7 @@ value with the same words: "lr must be a positive number, got -1".
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -108,22 +109,19 @@ def check(key: str, value: Any, name: str | None = None, text: str | None = None
         if isinstance(value, str) and value in p.choices:
             return value
         raise InvalidParameter(f"unknown {name} {value!r}; choose {p.what}")
-    if p.kind == "path":
-        if isinstance(value, (str, os.PathLike)):
-            return value
+    boolean = isinstance(value, (bool, np.bool_))
+    integral = isinstance(value, (int, np.integer)) and not boolean
+    accepted = {
+        "path": isinstance(value, (str, os.PathLike)),
+        "callable": callable(value),
+        "bool": boolean,
+        "int": integral,
+        "real": integral or isinstance(value, (float, np.floating)),
+    }
+    if not accepted[p.kind]:
         raise InvalidParameter(f"{name} must be {p.what}, got {got}")
-    if p.kind == "callable":
-        if callable(value):
-            return value
-        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
-    if p.kind == "bool":
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
-    integral = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    real = integral or isinstance(value, (float, np.floating))
-    if not (integral if p.kind == "int" else real):
-        raise InvalidParameter(f"{name} must be {p.what}, got {got}")
+    if p.kind in ("path", "callable", "bool"):
+        return bool(value) if boolean else value
     v = int(value) if p.kind == "int" else float(value)
     ok = math.isfinite(v)
     if ok and p.low is not None:
@@ -189,10 +187,8 @@ class Config:
         activation, output_activation, loss = resolve(activation, output_activation, loss)
         if output_activation == "softmax" and sizes[-1] < 2:
             raise InvalidParameter("softmax over a single output is always 1: use two outputs, or a sigmoid output")
-        try:
+        with contextlib.suppress(TypeError):
             dtype = np.dtype(dtype).name
-        except TypeError:
-            pass
         check("dtype", dtype)
         check("init", init)
         return cls(sizes, activation, output_activation, loss, dtype, init)

@@ -1,5 +1,5 @@
-"""How gpubp's CPU training uses the cores: the products on the calling thread, the gather of
-shuffled rows on a second one.
+"""How gpubp's CPU training uses the cores: the products on the calling thread, the second half of
+a batch or the gather of shuffled rows on a second one.
 
 A BLAS call that hands half a product to a second thread waits for it at the end of the call. On
 a machine doing other things too that thread often has no core, and the caller waits a whole
@@ -8,7 +8,9 @@ and 8.3 s (0.8-17 s) with one other busy process, against 0.40 s either way with
 thread (benchmarks/NOTES.md, issue 22). So while gpubp trains on the CPU with products of the
 sizes people tune (``small_products``), the BLAS it calls runs on one thread (``one_blas_thread``,
 through threadpoolctl; a limit the user set is kept if lower), and a second core, if this process
-may use one, gathers the next rows (``gpubp.prefetch``); larger products keep the BLAS's threads.
+may use one, computes the second half of each batch of ``kernels.cpu.SPLIT_ROWS`` rows or more
+(``whole_epoch_in_halves``) or, for smaller batches, gathers the next rows (``gpubp.prefetch``);
+larger products keep the BLAS's threads.
 """
 
 from __future__ import annotations

@@ -27,13 +27,11 @@ from them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import math
 import os
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -84,14 +82,7 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_IDX_TYPE_NAMES = {
-    0x08: "uint8",
-    0x09: "int8",
-    0x0B: "int16",
-    0x0C: "int32",
-    0x0D: "float32",
-    0x0E: "float64",
-}
+_IDX_TYPE_NAMES = {code: dt.name for code, dt in _IDX_DTYPES.items()}  # 0x0B: "int16", ...
 _IDX_CODES = {np.dtype(dt).newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 
 DIGITS_SPLIT = (1297, 250, 250)
@@ -263,9 +254,8 @@ class Dataset:
             y = _as_labels(getattr(self, f"y_{split}"), f"{self.name}: y_{split}")
             if len(X) != len(y):
                 raise DataError(f"{self.name}: X_{split} has {len(X)} rows but y_{split} has {len(y)} labels")
-            if n_features is None:
-                n_features = X.shape[1]
-            elif X.shape[1] != n_features:
+            n_features = n_features or X.shape[1]  # X_train's (every X has a column)
+            if X.shape[1] != n_features:
                 raise DataError(f"{self.name}: X_{split} has {X.shape[1]} features per row, X_train has {n_features}")
             splits[split] = (X, y)
         if len(splits["train"][1]) == 0:
@@ -354,14 +344,6 @@ def _label(value: Any) -> str:
     return str(int(value)) if isinstance(value, bool) or abs(value) < 1e16 else f"{value:g}"
 
 
-def _split_last(X: np.ndarray, y: np.ndarray, validation: int, what: str):
-    """Hold out the last ``validation`` rows."""
-    if not 0 <= validation < len(y):
-        raise DataError(f"{what}: validation={validation} must be from 0 to {len(y) - 1} ({len(y)} training rows)")
-    cut = len(y) - validation
-    return X[:cut], y[:cut], X[cut:], y[cut:]
-
-
 # ----------------------------------------------------------------------------------------------
 # IDX folders and Fashion-MNIST
 # ----------------------------------------------------------------------------------------------
@@ -381,15 +363,6 @@ def _find_file(folder: Path, base: str) -> Path | None:
             if odd is None and os.path.lexists(p) and os.path.exists(p):
                 odd = p
     return odd
-
-
-def _how_to_get_fashion_mnist() -> str:
-    names = ", ".join(f"{b}[.gz]" for b in MNIST_FILES.values())
-    return (
-        "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files go to "
-        f"{FASHION_MNIST_DIR}/), or point --data or {ENV_FASHION_MNIST} at a folder holding the "
-        f"four IDX files {names}"
-    )
 
 
 def _idx_files(folder: Path, what: str) -> dict[str, Path]:
@@ -442,8 +415,11 @@ def load_idx_folder(path: str | os.PathLike[str], validation: int | None = None,
         )
     if validation is None:
         validation = len(y_train) // 6
-    X_train, y_train, X_val, y_val = _split_last(X_train, y_train, validation, what)
-    return Dataset(X_train, y_train, X_val, y_val, X_test, y_test, name=name or folder.name)
+    n = len(y_train)
+    if not 0 <= validation < n:
+        raise DataError(f"{what}: validation={validation} must be from 0 to {n - 1} ({n} training rows)")
+    cut = n - validation  # the last ``validation`` rows are held out
+    return Dataset(X_train[:cut], y_train[:cut], X_train[cut:], y_train[cut:], X_test, y_test, name=name or folder.name)
 
 
 def load_fashion_mnist(path: str | os.PathLike[str] | None = None, validation: int = 10_000) -> Dataset:
@@ -459,7 +435,12 @@ def load_fashion_mnist(path: str | os.PathLike[str] | None = None, validation: i
     try:
         return load_idx_folder(path, validation=validation, name="fashion-mnist")
     except DatasetNotFoundError as e:
-        raise DatasetNotFoundError(f"{e}. {_how_to_get_fashion_mnist()}") from None
+        names = ", ".join(f"{b}[.gz]" for b in MNIST_FILES.values())
+        raise DatasetNotFoundError(
+            f"{e}. Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files go to "
+            f"{FASHION_MNIST_DIR}/), or point --data or {ENV_FASHION_MNIST} at a folder holding the "
+            f"four IDX files {names}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,20 +448,8 @@ def load_fashion_mnist(path: str | os.PathLike[str] | None = None, validation: i
 # ----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _open_npz(path: Path) -> Iterator[Npz]:
-    """The .npz archive at ``path``, its members' headers checked, no array read yet."""
-    with open_regular(path, DataFileError, DatasetNotFoundError) as f:
-        if f.read(6) == b"\x93NUMPY":
-            raise DataFileError(f"{path}: a single .npy array, expected an .npz archive with X and y")
-        yield Npz(f, str(path), DataFileError)
-
-
 def load_npz(
-    path: str | os.PathLike[str],
-    validation: float = NPZ_VALIDATION,
-    test: float = NPZ_TEST,
-    seed: int = SPLIT_SEED,
+    path: str | os.PathLike[str], validation: float = NPZ_VALIDATION, test: float = NPZ_TEST, seed: int = SPLIT_SEED
 ) -> Dataset:
     """Load an .npz holding ``X`` (rows; extra axes are flattened) and ``y`` (integer labels).
 
@@ -490,7 +459,10 @@ def load_npz(
     uint8 inputs are scaled to [0, 1]; other numbers are taken as given.
     """
     path = Path(path)
-    with _open_npz(path) as npz:
+    with open_regular(path, DataFileError, DatasetNotFoundError) as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DataFileError(f"{path}: a single .npy array, expected an .npz archive with X and y")
+        npz = Npz(f, str(path), DataFileError)  # its members' headers checked, no array read yet
         arrays = {k: npz.read(k) for k in ("X", "y", "X_test", "y_test", "X_val", "y_val") if k in npz.names}
     for key in ("X", "y"):
         if key not in arrays:

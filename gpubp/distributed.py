@@ -122,14 +122,13 @@ class Interrupted(KeyboardInterrupt):
 
 def check_environment() -> None:
     """ValueError naming a malformed GPUBP_DIST_TIMEOUT or GPUBP_TRANSPORT (on any device)."""
-    text = os.environ.get("GPUBP_DIST_TIMEOUT")
-    if text is not None:
-        try:
-            ok = float(text) >= 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds >= 0, e.g. 300 (0: no watchdog)")
+    text = os.environ.get("GPUBP_DIST_TIMEOUT", "0")  # absent: the default
+    try:
+        ok = float(text) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"GPUBP_DIST_TIMEOUT={text!r}: expected seconds >= 0, e.g. 300 (0: no watchdog)")
     forced = os.environ.get("GPUBP_TRANSPORT", "")
     if forced and forced not in TRANSPORTS[1:]:
         raise ValueError(f"GPUBP_TRANSPORT={forced!r} is not one of 'nccl', 'cuda-aware-mpi', 'staged'")
@@ -258,11 +257,7 @@ class Communicator:
         if not self.deferring:
             return
         mine, every = np.array([self.signal_received], np.int64), np.zeros(1, np.int64)
-        self._waiting = (time.monotonic(), "a check for signals")
-        try:
-            self.comm.Allreduce(mine, every, self.MPI.MAX)
-        finally:
-            self._waiting = None
+        self._watched("a check for signals", self.comm.Allreduce, mine, every, self.MPI.MAX)
         if every[0]:
             self.signal_received, self.interrupted = 0, int(every[0])
             raise Interrupted(self.interrupted)
@@ -274,12 +269,16 @@ class Communicator:
         if self.timeout > 0 and self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="gpubp-watchdog", daemon=True)
             self._watchdog.start()
+        self._watched(what, call, *args)
+        self._share_signals()
+
+    def _watched(self, what: str, call: Callable, *args: Any) -> None:
+        """call(*args), with the watchdog told what this rank waits in, and since when."""
         self._waiting = (time.monotonic(), what)
         try:
             call(*args)
         finally:
             self._waiting = None
-        self._share_signals()
 
     def _watch(self) -> None:
         while True:
@@ -295,40 +294,38 @@ class Communicator:
     def allreduce(self, buffer: Any) -> None:
         """buffer <- the sum of every rank's buffer, in place (a numpy array, or a CUDA array
         after ``attach("cuda")``)."""
-        if isinstance(buffer, np.ndarray):
-            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, buffer, self.MPI.SUM)
-            return
-        transport = self.transports["cuda"]
-        if transport == "nccl":
+        if not isinstance(buffer, np.ndarray) and self.transports["cuda"] == "nccl":
             nccl = self._nccl_module()
             p = _pointer(buffer)  # in place; on the default stream, after the kernels that wrote it
             self._nccl_comm.allReduce(p, p, buffer.size, self._nccl_type(buffer), nccl.NCCL_SUM, 0)
             self._share_signals()
-        elif transport == "cuda-aware-mpi":
-            self._synchronize()  # MPI reads the device memory outside CUDA's stream order
-            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, buffer, self.MPI.SUM)
         else:
-            host = self._host(buffer)
-            buffer.copy_to_host(host)
-            self._collective("the gradient all-reduce", self.comm.Allreduce, self.MPI.IN_PLACE, host, self.MPI.SUM)
-            buffer.copy_to_device(host)
+            self._by_mpi(
+                "the gradient all-reduce", lambda a: self.comm.Allreduce(self.MPI.IN_PLACE, a, self.MPI.SUM), buffer
+            )
 
     def broadcast(self, buffer: Any) -> None:
         """buffer <- rank 0's buffer, in place (numpy or CUDA, like ``allreduce``)."""
-        if isinstance(buffer, np.ndarray):
-            self._collective("a broadcast from rank 0", self.comm.Bcast, buffer, 0)
-            return
-        transport = self.transports["cuda"]
-        if transport == "nccl":
+        if not isinstance(buffer, np.ndarray) and self.transports["cuda"] == "nccl":
             p = _pointer(buffer)
             self._nccl_comm.broadcast(p, p, buffer.size, self._nccl_type(buffer), 0, 0)
-        elif transport == "cuda-aware-mpi":
-            self._synchronize()
-            self._collective("a broadcast from rank 0", self.comm.Bcast, buffer, 0)
+        else:
+            self._by_mpi("a broadcast from rank 0", lambda array: self.comm.Bcast(array, 0), buffer)
+
+    def _by_mpi(self, what: str, call: Callable[[Any], None], buffer: Any) -> None:
+        """``call(array)``, watched as ``what``: on a numpy ``buffer``, on a CUDA one itself (CUDA-aware
+        MPI) or on a host copy of it (staged)."""
+        if isinstance(buffer, np.ndarray):
+            self._collective(what, call, buffer)
+        elif self.transports["cuda"] == "cuda-aware-mpi":
+            from numba import cuda
+
+            cuda.synchronize()  # MPI reads the device memory outside CUDA's stream order
+            self._collective(what, call, buffer)
         else:
             host = self._host(buffer)
             buffer.copy_to_host(host)
-            self._collective("a broadcast from rank 0", self.comm.Bcast, host, 0)
+            self._collective(what, call, host)
             buffer.copy_to_device(host)
 
     def broadcast_state(self, state: State) -> State:
@@ -355,13 +352,13 @@ class Communicator:
 
     def sum(self, *values: float) -> tuple[float, ...]:
         """Each value summed over the ranks, in rank order: the same bits on every rank."""
-        mine = np.array(values, dtype=np.float64)
+        return _in_rank_order(self._gather("a sum of scalars", *values))
+
+    def _gather(self, what: str, *values: float) -> np.ndarray:
+        """Every rank's ``values``, a row per rank (float64)."""
         every = np.empty((self.size, len(values)), np.float64)
-        self._collective("a sum of scalars", self.comm.Allgather, mine, every)
-        total = every[0].copy()
-        for row in every[1:]:
-            total += row
-        return tuple(float(v) for v in total)
+        self._collective(what, self.comm.Allgather, np.array(values, dtype=np.float64), every)
+        return every
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on some rank (so that every rank stops when one wants to)."""
@@ -369,15 +366,10 @@ class Communicator:
 
     def end_epoch(self, cost: float) -> float:
         """The epoch's cost summed over the ranks; notes every rank's ``rows`` in ``rows_per_rank``."""
-        mine = np.array([cost, self.rows], dtype=np.float64)
-        every = np.empty((self.size, 2), np.float64)
-        self._collective("the epoch's sums", self.comm.Allgather, mine, every)
+        every = self._gather("the epoch's sums", cost, self.rows)
         self.rows_per_rank = [int(r) for r in every[:, 1]]
         self.rows = 0
-        total = 0.0
-        for c in every[:, 0]:
-            total += float(c)
-        return total
+        return _in_rank_order(every[:, :1])[0]
 
     def agree(self, **settings: Any) -> None:
         """ValueError on every rank, naming the first setting that some rank was given otherwise than
@@ -422,11 +414,13 @@ class Communicator:
         nccl = self._nccl_module()
         return {4: nccl.NCCL_FLOAT32, 8: nccl.NCCL_FLOAT64}[buffer.dtype.itemsize]
 
-    @staticmethod
-    def _synchronize() -> None:
-        from numba import cuda
 
-        cuda.synchronize()
+def _in_rank_order(every: np.ndarray) -> tuple[float, ...]:
+    """The sum of the rows of ``every`` (a row per rank), added in rank order."""
+    total = every[0].copy()
+    for row in every[1:]:
+        total += row
+    return tuple(float(v) for v in total)
 
 
 _communicators: dict[int, Communicator] = {}
@@ -451,8 +445,7 @@ def init(comm: Any = None, abort_on_error: bool = True, timeout: float | None = 
     a machine with GPUs each rank takes its own). With ``abort_on_error``, an uncaught exception
     on any rank prints its traceback and ends every rank (MPI_Abort), as ``python -m mpi4py`` does."""
     dist = Communicator(comm, timeout=timeout)
-    if dist.comm.py2f() not in _communicators:
-        _communicators[dist.comm.py2f()] = dist
+    _communicators.setdefault(dist.comm.py2f(), dist)
     if abort_on_error and dist.size > 1:
         previous = sys.excepthook
 

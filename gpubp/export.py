@@ -24,19 +24,14 @@ IR_VERSION = 8  # the IR version of opset 17 (onnx 1.12): newer files would shut
 ONNX_OPS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "linear": None, "softmax": "Softmax"}
 
 
-def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError('ONNX export needs the onnx package: pip install "gpubp[onnx]"') from None
-    return onnx
-
-
 def onnx_model(config: Config, state: State, dtype: str | None = None) -> Any:
     """The network of ``config`` and ``state`` as an ``onnx.ModelProto`` (checked by
     ``onnx.checker``); ``dtype`` defaults to the network's."""
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise ImportError('ONNX export needs the onnx package: pip install "gpubp[onnx]"') from None
 
     dtype = config.dtype if dtype is None else check("dtype", dtype)
     elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.DOUBLE

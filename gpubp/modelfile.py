@@ -236,8 +236,7 @@ def read(path: str | os.PathLike[str], plain: bool = False) -> Model:
     Raises ``FileNotFoundError`` if there is no such file, :class:`BadFile` for anything else
     wrong, before any array is read when its headers show it.
     """
-    shown = os.fspath(path)
-    where = f"{shown}: not a gpubp model, or truncated or corrupt"
+    where = f"{os.fspath(path)}: not a gpubp model, or truncated or corrupt"
     with open_regular(path, BadFile, FileNotFoundError, "model file") as f:
         npz = Npz(f, where, BadFile, kinds="biufU")
         if plain and "format" not in npz.names:
@@ -248,9 +247,7 @@ def read(path: str | os.PathLike[str], plain: bool = False) -> Model:
         _check_shapes(npz, where, config["sizes"], arrays)
         weights = [_numbers(npz, f"w{l}", where) for l in range(L)]
         biases = [_numbers(npz, f"b{l}", where) for l in range(L)]
-        velocity = None
-        if "vw0" in arrays:
-            velocity = [_numbers(npz, f"v{p}{l}", where) for p in "wb" for l in range(L)]
+        velocity = [_numbers(npz, f"v{p}{l}", where) for p in "wb" for l in range(L)] if "vw0" in arrays else None
     for name, a in zip([f"w{l}" for l in range(L)] + [f"b{l}" for l in range(L)], weights + biases):
         if not np.isfinite(a).all():
             raise BadFile(f"{where}: {name} holds NaN or inf")
@@ -284,10 +281,8 @@ def _check_members(npz: Npz, where: str) -> set[str]:
 
 def _listing(names: Any, lead: str = "") -> str:
     names = sorted(names)
-    if not names:
-        return ""
-    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    return lead + shown
+    more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+    return lead + ", ".join(names[:8]) + more if names else ""
 
 
 def _header(npz: Npz, name: str, where: str) -> NpyHeader:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import backends, modelfile, training
 from . import distributed as dist_mod
-from .config import PARAMETERS, Config, check
+from .config import Config, check
 from .losses import codes as layer_codes
 from .losses import loss_code
 from .schedule import Execution, Schedule, Tuning, path_name
@@ -33,7 +33,6 @@ from .training import History
 
 log = logging.getLogger("gpubp")
 
-INITS, DTYPES = PARAMETERS["init"].choices, PARAMETERS["dtype"].choices
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")  # numpy's, for a State's rng
 
 
@@ -307,9 +306,7 @@ class Network:
         Targets already on the GPU in the network's dtype are checked on a host copy (they are
         small) and then used in place, so repeated fits on the same arrays reuse a recorded graph."""
         on_gpu = backends.gpu_array(Y)
-        if on_gpu is not None:
-            Y = on_gpu.copy_to_host()
-        Y = np.asarray(Y)
+        Y = np.asarray(Y if on_gpu is None else on_gpu.copy_to_host())
         k = self.sizes[-1]
         if Y.ndim == 0 or len(Y) != n:
             raise ValueError(f"{name} must have one row per sample: X has {n} rows, {name} has shape {Y.shape}")
@@ -393,17 +390,8 @@ class Network:
         every rank calls ``fit`` with the same data and settings, ``batch_size`` is the global batch
         and one all-reduce sums the ranks' gradients (see ``gpubp.distributed``).
         """
-        h = _checked(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            lr_decay=lr_decay,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            shuffle=shuffle,
-            callback=callback,
-            progress=progress,
-        )
+        h = _checked(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, momentum=momentum)
+        h |= _checked(weight_decay=weight_decay, shuffle=shuffle, callback=callback, progress=progress)
         X, Y, validation = training.split_validation(X, Y, validation, validation_split)
         tracker = training.BestModel.for_fit(  # None unless one of these asks for it
             early_stopping, monitor, min_delta, restore_best, checkpoint, baseline, validation is not None
@@ -611,7 +599,7 @@ class Network:
             "weights_after": [w - lr * g for w, g in zip(W, nabla_w)],
             "biases_after": [bb - lr * g for bb, g in zip(b, nabla_b)],
             "lr": float(lr),
-            "activations": [self.activation] * (L - 1) + [self.output_activation],
+            "activations": self.config.layer_activations,
             "loss": self.loss,
         }
 

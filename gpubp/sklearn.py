@@ -101,14 +101,7 @@ class _MLPBase(BaseEstimator):
         self.device = device
         self.random_state = random_state
 
-    # -- what differs between classifier and regressor ----------------------------------------------
-    def _outputs_and_loss(self) -> tuple[str, str]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
-
-    # -- training -------------------------------------------------------------------------------------
+    # -- training (what differs: each subclass's _outputs_and_loss and _targets) -----------------------
     def _check_params(self) -> list[int]:
         """Every parameter against ``gpubp.config.PARAMETERS``, before anything changes, so a refused
         refit leaves the estimator as it was; the hidden layer sizes."""
@@ -147,7 +140,7 @@ class _MLPBase(BaseEstimator):
             output_activation, loss = self._outputs_and_loss()
             seed = self.random_state if isinstance(self.random_state, numbers.Integral) else rs.randint(2**31 - 1)
             net = Network(
-                [X.shape[1], *hidden, self._n_outputs(Y)],
+                [X.shape[1], *hidden, Y.shape[1] if Y.ndim == 2 else len(self.classes_)],  # targets or class codes
                 self.activation,
                 output_activation,
                 loss,
@@ -199,10 +192,6 @@ class _MLPBase(BaseEstimator):
             X = X.copy()
         return np.asarray(self.network_.predict(X), dtype=np.float64)
 
-    @staticmethod
-    def _n_outputs(Y: np.ndarray) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
-
 
 class MLPClassifier(ClassifierMixin, _MLPBase):
     """A multilayer perceptron classifier trained by gpubp (backpropagation, mini-batch SGD).
@@ -249,9 +238,6 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
             raise ValueError(f"y holds labels not among classes_ {self.classes_!r}: {np.unique(y[unseen])!r}")
         return codes.astype(np.int64)
 
-    def _n_outputs(self, Y: np.ndarray) -> int:
-        return len(self.classes_)
-
     def fit(self, X: Any, y: Any) -> MLPClassifier:
         """Train on rows X (n, n_features) with labels y (n,); returns self."""
         return self._fit(X, y, incremental=False)
@@ -294,18 +280,12 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         return self.output_activation or "linear", self.loss or "quadratic"
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
-        Y = np.asarray(y, dtype=np.float64)
-        Y = Y.reshape(len(Y), -1)
-        if not first and Y.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {Y.shape[1]} targets per row but the first fit had {self.n_outputs_}")
+        Y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if first:
-            self.n_outputs_ = Y.shape[1]
-            self._y_1d = np.ndim(y) == 1
+            self.n_outputs_, self._y_1d = Y.shape[1], np.ndim(y) == 1
+        elif Y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {Y.shape[1]} targets per row but the first fit had {self.n_outputs_}")
         return Y
-
-    @staticmethod
-    def _n_outputs(Y: np.ndarray) -> int:
-        return Y.shape[1]
 
     def fit(self, X: Any, y: Any) -> MLPRegressor:
         """Train on rows X (n, n_features) with targets y (n,) or (n, n_targets); returns self."""

@@ -35,12 +35,9 @@ def cmd_trace(args: Namespace) -> int:
     sizes = net.config.sizes
     x = args.x if args.x is not None else (DEFAULT_X if sizes[0] == 2 else None)
     y = args.y if args.y is not None else (DEFAULT_Y if sizes[-1] == 2 else None)
-    if x is None or len(x) != sizes[0]:
-        raise ArgumentError(None, f"--x needs {sizes[0]} comma-separated numbers for a network with {sizes[0]} inputs")
-    if y is None or len(y) != sizes[-1]:
-        raise ArgumentError(
-            None, f"--y needs {sizes[-1]} comma-separated numbers for a network with {sizes[-1]} outputs"
-        )
+    for option, values, n, layer in (("--x", x, sizes[0], "inputs"), ("--y", y, sizes[-1], "outputs")):
+        if values is None or len(values) != n:
+            raise ArgumentError(None, f"{option} needs {n} comma-separated numbers for a network with {n} {layer}")
     t = net.trace(np.array(x, dtype=float), np.array(y, dtype=float), lr=args.lr)
     print("\n".join(format_trace(t, net.config, args.lr, args.precision)))
     return 0
@@ -56,8 +53,7 @@ def _network(args: Namespace) -> Network:
         raise ArgumentError(None, "--weights sets the layer sizes; drop --sizes")
     saved: dict[str, Any] = {}
     if args.weights:
-        model = modelfile.read(args.weights, plain=True)  # checked before any array is read
-        weights, biases, saved = model.weights, model.biases, model.config
+        saved, weights, biases, _ = modelfile.read(args.weights, plain=True)  # checked before any array is read
     elif args.seed is None and sizes == DEFAULT_SIZES:
         weights, biases = WORKED_EXAMPLE["weights"], WORKED_EXAMPLE["biases"]
     else:
@@ -111,8 +107,7 @@ def format_trace(t: dict[str, Any], config: Config, lr: float, precision: int) -
 def _parameters(weights: list[np.ndarray], biases: list[np.ndarray], p: int) -> list[str]:
     lines = []
     for i, (w, b) in enumerate(zip(weights, biases), start=1):
-        lines.append(f"  W^{i} = {_mat(w, p, ' ' * (7 + len(str(i))))}")
-        lines.append(f"  b^{i} = {_vec(b, p)}")
+        lines += [f"  W^{i} = {_mat(w, p, ' ' * (7 + len(str(i))))}", f"  b^{i} = {_vec(b, p)}"]
     return lines
 
 

@@ -204,8 +204,7 @@ class BestModel:
         """Judge one epoch's ``record`` (adds ``record["improved"]``); keep ``state()`` if it is the
         best (for restore_best or the checkpoint). True: stop now."""
         value = record[self.monitor]
-        improved = self.improves(value)
-        record["improved"] = improved
+        improved = record["improved"] = self.improves(value)
         if improved:
             self.best_value, self.best_epoch, self.waited = float(value), int(record["epoch"]), 0
             if self.restore_best or self.checkpoint is not None:

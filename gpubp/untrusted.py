@@ -74,27 +74,29 @@ Error = Callable[[str], Exception]
 # ----------------------------------------------------------------------------------------------
 
 
-def _kind(mode: int) -> str | None:
-    """What a file of this ``st_mode`` is, if not a regular file (None for a regular file)."""
+SPECIAL_FILES = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+"""What gpubp calls a file of each type (``stat.S_IFMT``) it refuses to read."""
+
+
+def _refuse_special(mode: int, path: str, error: Error) -> None:
+    """``error`` saying what the file at ``path`` is, unless its ``st_mode`` is a regular file's."""
     if stat.S_ISREG(mode):
-        return None
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "a special file"
+        return
+    kind = SPECIAL_FILES.get(stat.S_IFMT(mode), "a special file")
+    if kind == "a folder" and not os.path.islink(path):
+        raise error(f"{path}: is a folder, not a file")
+    via = f"a symbolic link to {os.path.realpath(path)}, " if os.path.islink(path) else ""
+    raise error(f"{path}: is {via}{kind}, not a regular file (gpubp reads only regular files)")
 
 
 def open_regular(
-    path: str | os.PathLike[str],
-    error: Error = BadFile,
-    missing: Error = FileNotFoundError,
-    noun: str = "file",
+    path: str | os.PathLike[str], error: Error = BadFile, missing: Error = FileNotFoundError, noun: str = "file"
 ) -> BinaryIO:
     """Open ``path`` for reading if it is a regular file; refuse anything else without waiting.
 
@@ -108,32 +110,19 @@ def open_regular(
         raise missing(f"{shown}: no such {noun}") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         raise error(f"{shown}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    kind = _kind(st.st_mode)
-    if kind is not None:
-        raise error(_not_regular(shown, kind))
+    _refuse_special(st.st_mode, shown, error)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as e:
         raise error(f"{shown}: cannot read ({e.strerror or e})") from None
     try:
-        kind = _kind(os.fstat(fd).st_mode)
-        if kind is not None:  # replaced between the stat and the open
-            raise error(_not_regular(shown, kind))
+        _refuse_special(os.fstat(fd).st_mode, shown, error)  # replaced between the stat and the open?
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-
-
-def _not_regular(path: str, kind: str) -> str:
-    if kind == "a folder" and not os.path.islink(path):
-        return f"{path}: is a folder, not a file"
-    via = ""
-    if os.path.islink(path):
-        via = f"a symbolic link to {os.path.realpath(path)}, "
-    return f"{path}: is {via}{kind}, not a regular file (gpubp reads only regular files)"
 
 
 def file_size(f: BinaryIO) -> int:
@@ -233,10 +222,9 @@ def read_npy_header(f: BinaryIO, where: str, error: Error = BadFile, kinds: str 
     if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
         raise error(f"{where}: .npy header declares shape {_short(shape)}")
     header = NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran), 8 + len(raw_length) + length)
-    if kinds is not None:
-        problem = refusal(header, kinds)
-        if problem:
-            raise error(f"{where}: {problem}")
+    problem = refusal(header, kinds) if kinds is not None else None
+    if problem:
+        raise error(f"{where}: {problem}")
     return header
 
 
