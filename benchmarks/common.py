@@ -267,6 +267,8 @@ def versions() -> dict:
         "scipy",
         "torch",
         "scikit-learn",
+        "jax",
+        "jaxlib",
         "cupy",
         "cupy-cuda12x",
         "matplotlib",
