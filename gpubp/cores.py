@@ -9,15 +9,17 @@ thread (benchmarks/NOTES.md, issue 22). So while gpubp trains on the CPU with pr
 sizes people tune (``small_products``), the BLAS it calls runs on one thread (``one_blas_thread``,
 through threadpoolctl; a limit the user set is kept if lower), and a second core, if this process
 may use one, computes the second half of each batch of ``kernels.cpu.SPLIT_ROWS`` rows or more
-(``whole_epoch_in_halves``) or, for smaller batches, gathers the next rows (``gpubp.prefetch``);
-larger products keep the BLAS's threads.
+(``whole_epoch_in_halves``), the second part of each phase of a batch of ``UNIT_ROWS`` to
+``SPLIT_ROWS`` - 1 rows split by units (``whole_epoch_by_units``) or, for smaller batches, gathers
+the next rows (``gpubp.prefetch``); larger products keep the BLAS's threads.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -111,17 +113,72 @@ def whole_epoch_in_halves(
 ) -> None:
     """``kernels.cpu.train_batches_in_halves`` over rows order[start:stop]: with ``helper`` the
     second half of each batch on a helper thread, else all on this one."""
-    global _pool
     k, h = w.backend.kernels, halves(w, batch_size)
     if not helper:
         k.train_batches_in_halves(X, Y, order, start, stop, w.net, w.buffers(batch_size), h, *hyper, False)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpubp-halves")  # one per concurrent fit
-    h.flags[:] = 0
-    served = _pool.submit(k.serve_halves, X, Y, order, h)
-    try:
+    with _helper(h.flags, k.serve_halves, X, Y, order, h):
         k.train_batches_in_halves(X, Y, order, start, stop, w.net, w.buffers(batch_size), h, *hyper, True)
+
+
+@contextmanager
+def _helper(flags: np.ndarray, serve: Any, *args: Any) -> Iterator[None]:
+    """``serve(*args)`` on a helper thread from a pool shared by concurrent fits, its flags cleared
+    before and QUIT set after the block. ``serve`` is compiled (or loaded from the cache) here
+    first: compiled on the helper, a new fit's first epoch could end before the helper begins."""
+    global _pool
+    from .kernels.cpu import QUIT, bind
+
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpubp-helper")  # one per concurrent fit
+    flags[:] = 0
+    served = _pool.submit(bind(serve, *args), *args)
+    try:
+        yield
     finally:
-        h.flags[k.QUIT] = 1
+        flags[QUIT] = 1
         served.result()
+
+
+# -- a small batch split by units, the second part of each phase on a helper thread ------------
+
+_units: WeakKeyDictionary = WeakKeyDictionary()  # Workspace -> kernels.cpu.Units
+
+
+def by_units(w: Workspace, m: int) -> bool:
+    """Whether a batch of m rows is backpropagated split by units (``kernels.cpu.units_step``):
+    from UNIT_ROWS to SPLIT_ROWS - 1 rows, with a hidden layer and none of them softmax."""
+    from .kernels.activations import SOFTMAX
+    from .kernels.cpu import SPLIT_ROWS, UNIT_ROWS
+
+    return UNIT_ROWS <= m < SPLIT_ROWS and w.L >= 2 and SOFTMAX not in w.host_act_codes[:-1]
+
+
+def units(w: Workspace) -> Any:
+    """The split of each layer's units (``kernels.cpu.Units``), made once per workspace: the first
+    part a multiple of 4 units, about half."""
+    if w not in _units:
+        cuts = np.array([min(n, 4 * -(-n // 8)) for n in w.sizes[1:]], np.int64)
+        _units[w] = w.backend.kernels.Units(cuts, np.zeros(6, np.int64))
+    return _units[w]
+
+
+def whole_epoch_by_units(
+    w: Workspace,
+    X: np.ndarray,
+    Y: np.ndarray,
+    order: np.ndarray,
+    start: int,
+    stop: int,
+    batch_size: int,
+    hyper: tuple,
+    helper: bool,
+) -> None:
+    """``kernels.cpu.train_batches_by_units`` over rows order[start:stop]: with ``helper`` the
+    second part of each phase offered to a helper thread, else all on this one."""
+    k, u, work = w.backend.kernels, units(w), w.buffers(batch_size)
+    if not helper:
+        k.train_batches_by_units(X, Y, order, start, stop, w.net, work, u, hyper, False)
+        return
+    with _helper(u.flags, k.serve_units, X, Y, order, w.net, work, u, hyper):
+        k.train_batches_by_units(X, Y, order, start, stop, w.net, work, u, hyper, True)

@@ -104,10 +104,11 @@ class CpuEngine(Engine):
         in for the velocity, so the momentum state is neither read nor written."""
         w, net = self.w, self.w.net._replace(velocity=self.w.nabla)
         with cores.blas_threads_for(w.sizes, m):
+            hyper, X, Y, rows = (float(lr), 0.0, 0.0), v.A[0].copy(), v.Y.copy(), np.arange(m)
             if cores.in_halves(m):  # as fit takes such a batch: in two halves (kernels.cpu.halves_step)
-                X, Y, rows = v.A[0].copy(), v.Y.copy(), np.arange(m)
-                halves = cores.halves(w, cap)
-                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), halves, (float(lr), 0.0, 0.0), False, False)
+                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.halves(w, cap), hyper, False, False)
+            elif cores.by_units(w, m):  # or split by units (kernels.cpu.units_step)
+                self.k.units_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.units(w), hyper, False, False)
             else:
                 self.k.step(net, w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
 
@@ -125,6 +126,8 @@ class CpuEngine(Engine):
         with cores.blas_threads_for(self.w.sizes, batch_size):
             if cores.in_halves(batch_size):
                 cores.whole_epoch_in_halves(self.w, X, Y, order, start, stop, batch_size, hyper, two)
+            elif cores.by_units(self.w, batch_size):
+                cores.whole_epoch_by_units(self.w, X, Y, order, start, stop, batch_size, hyper, two)
             elif gather_aside:
                 prefetch.whole_epoch(self.w, X, Y, order, start, stop, batch_size, hyper)
             else:

@@ -18,7 +18,7 @@ from numba.extending import overload
 from .activations import SIGMOID, SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
-from .sync import cycles, load_acquire, store_release, yield_core
+from .sync import claim, cycles, load_acquire, store_release, yield_core
 
 
 def _drop_stale_cache() -> None:
@@ -208,20 +208,33 @@ def output_error(Z, A, Y, Delta, loss, act, cost):
 @jit
 def hidden_error(Delta_next, W_next, Z, A, Delta, act):
     """BP2: Delta = (Delta_next W_next) ⊙ f'(Z), the Hadamard product fused with the product."""
-    m, n = Delta.shape
-    if m >= BLAS_ROWS:
+    if Delta.shape[0] >= BLAS_ROWS:
         np.dot(Delta_next, W_next, Delta)
+        times_fprime(Z, A, Delta, act)
     else:
-        for i in range(m):  # row i of Delta_next W_next, accumulated row by row of W_next
-            delta = Delta[i]
-            delta[:] = 0
-            for k in range(W_next.shape[0]):
-                d, w = Delta_next[i, k], W_next[k]
-                for j in range(n):
-                    delta[j] += d * w[j]
+        hidden_error_loops(Delta_next, W_next, Z, A, Delta, act, 0, Delta.shape[1])
+
+
+@jit
+def hidden_error_loops(Delta_next, W_next, Z, A, Delta, act, j0, j1):
+    """BP2 for a small batch, for units j0..j1: row i of Delta_next W_next accumulated row by
+    row of W_next (rows sliced here, so that the loop runs along contiguous memory), then ⊙ f'(Z)."""
+    for i in range(Delta.shape[0]):
+        delta = Delta[i, j0:j1]
+        delta[:] = 0
+        for k in range(W_next.shape[0]):
+            d, w = Delta_next[i, k], W_next[k, j0:j1]
+            for j in range(j1 - j0):
+                delta[j] += d * w[j]
+    times_fprime(Z[:, j0:j1], A[:, j0:j1], Delta[:, j0:j1], act)
+
+
+@jit
+def times_fprime(Z, A, Delta, act):
+    """Delta ⊙= f'(Z): BP1's and BP2's Hadamard product."""
     one = Delta.dtype.type(1)
-    for i in range(m):
-        for j in range(n):
+    for i in range(Delta.shape[0]):
+        for j in range(Delta.shape[1]):
             Delta[i, j] *= fprime(Z[i, j], A[i, j], act, one)
 
 
@@ -452,9 +465,11 @@ def targets(work, n, m):
 
 
 @jit
-def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep):
-    """BP3, BP4 and the SGD step of the layer in row l of net.layout, fused: each row of nabla_w
-    is used while in cache.
+def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep, j0, j1):
+    """BP3, BP4 and the SGD step of units j0..j1 of the layer in row l of net.layout (all of
+    them, or a part of a batch split by units: ``units_step``), fused: each row of nabla_w is used
+    while in cache. Delta is the whole layer's; BLAS is called for whole layers only, parts take
+    the loops at any batch size.
 
     Plain SGD (momentum = decay = 0) steps by W -= (lr scale) sum_x delta a^T from the unscaled
     sum, in the gradient's own pass, whatever ``keep`` says: every batch of ``fit`` and every
@@ -465,24 +480,38 @@ def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep):
     W, b = weights(net.params, net.layout, l)
     nabla_w, nabla_b = weights(net.nabla, net.layout, l)
     vel_w, vel_b = weights(net.velocity, net.layout, l)
+    W, b, nabla_w, nabla_b = W[j0:j1], b[j0:j1], nabla_w[j0:j1], nabla_b[j0:j1]
+    vel_w, vel_b = vel_w[j0:j1], vel_b[j0:j1]
+    D, blas = Delta[:, j0:j1], Delta.shape[0] >= BLAS_ROWS and j1 - j0 == Delta.shape[1]
+    if blas:  # the whole layer's nabla_w = scale Delta^T A_prev
+        np.dot(Delta.T, A_prev, nabla_w)
     if momentum == 0 and decay == 0:
-        if Delta.shape[0] >= BLAS_ROWS:  # one BLAS call, then W -= (lr scale) sum in one pass
-            np.dot(Delta.T, A_prev, nabla_w)
+        if blas:  # W -= (lr scale) sum in one pass
             w, g, lrs = W.ravel(), nabla_w.ravel(), W.dtype.type(lr * scale)
             for k in range(w.shape[0]):
                 w[k] -= lrs * g[k]
         else:
-            gradient_step(Delta, A_prev, W, nabla_w, lr, scale, True)
+            gradient_step(D, A_prev, W, nabla_w, lr, scale, True)
         if keep:  # the record of this step: nabla = dC/dW, v = -lr nabla
-            weight_gradient(Delta, A_prev, scale, nabla_w)
+            scaled_gradient(D, A_prev, scale, nabla_w, blas)
             g, v, t = nabla_w.ravel(), vel_w.ravel(), W.dtype.type(lr)
             for k in range(g.shape[0]):
                 v[k] = -t * g[k]
     else:
-        weight_gradient(Delta, A_prev, scale, nabla_w)
+        scaled_gradient(D, A_prev, scale, nabla_w, blas)
         sgd_update(W.ravel(), nabla_w.ravel(), vel_w.ravel(), lr, momentum, decay)
-    bias_gradient(Delta, scale, nabla_b)
+    bias_gradient(D, scale, nabla_b)
     sgd_update(b, nabla_b, vel_b, lr, momentum, 0.0)
+
+
+@jit
+def scaled_gradient(D, A_prev, scale, nabla_w, summed):
+    """BP4 as weight_gradient leaves it: nabla_w = scale D^T A_prev, from the sum already in
+    nabla_w if ``summed`` (by BLAS), else by the small batch's loops."""
+    if summed:
+        nabla_w *= nabla_w.dtype.type(scale)
+    else:
+        gradient_step(D, A_prev, nabla_w, nabla_w, 0.0, scale, False)
 
 
 @jit
@@ -548,7 +577,7 @@ def step(net, work, m, scale, lr, momentum, decay, update, keep):
             Z_prev, D_prev = slot(work.Z, offsets, l, cap, m), slot(work.D, offsets, l, cap, m)
             hidden_error(delta, W, Z_prev, A_prev, D_prev, net.act_codes[l - 1])
         if update:  # BP4, BP3 and the update, fused
-            sgd_layer(net, l, delta, A_prev, lr, scale, momentum, decay, keep)
+            sgd_layer(net, l, delta, A_prev, lr, scale, momentum, decay, keep, 0, delta.shape[1])
         else:
             gW, gb = weights(net.nabla, net.layout, l)
             weight_gradient(delta, A_prev, scale, gW)  # BP4
@@ -686,6 +715,164 @@ def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, mome
         if alone > 0:
             alone -= 1
         elif late != 0:
+            alone, backoff = backoff, min(2 * backoff, 1024)
+        elif helper:
+            backoff = max(1, backoff // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small batch split by units. A batch of UNIT_ROWS to BLAS_ROWS - 1 rows is backpropagated in
+# phases, each in two parts: of each layer's units (the first ``Units.cuts[l]`` of layer l + 1,
+# then the rest) or, for the gather, of the batch's rows. The first part is computed here, the
+# second on a helper thread (``serve_units``) if it claims it first, else here too: whoever
+# computes a part computes it the same way, so the parameters a seed trains to do not depend on
+# the cores. Unlike two halves of rows, two parts of units need no sum of two gradients: each
+# thread updates its own rows of W^l. The output layer's feedforward and BP1 are computed whole,
+# here. A step, for L layers: gather | F 1 | ... | F L-1 | (F L, BP1) | BP2 L-1 | ... | BP2 1 | update.
+
+UNIT_ROWS = 12
+
+# What a phase does (``Units.flags[TASK]``: kind << 40 | keep << 32 | l).
+GATHER, FORWARD, BACKWARD, UPDATE = range(4)
+# Beside the halves' flags: the last ticket claimed (by either thread) and the posted task.
+CLAIMED, TASK = STARTED, 5
+
+
+class Units(NamedTuple):
+    """How a batch is split by units: cuts[l] units of layer l + 1 in the first part (a multiple of
+    4, the blocks of weighted_input and gradient_step), the rest in the second; and the flags."""
+
+    cuts: Any  # int64 (L,)
+    flags: Any  # int64 (6,)
+
+
+@jit
+def forward_units(A_prev, W, b, Z, A, act, j0, j1):
+    """Feedforward for units j0..j1 of one layer (not softmax), under BLAS_ROWS rows:
+    Z[:, j0:j1] = A_prev W[j0:j1]^T + b[j0:j1], A[:, j0:j1] = f(Z[:, j0:j1])."""
+    weighted_input(A_prev, W[j0:j1], b[j0:j1], Z[:, j0:j1])
+    one, bits = Z.dtype.type(1), np.empty(j1 - j0, np.int32)
+    for i in range(Z.shape[0]):
+        z, a = Z[i, j0:j1], A[i, j0:j1]  # contiguous: the loops vectorise
+        if act == SIGMOID:
+            sigmoid_row(z, a, bits)
+        else:
+            for j in range(j1 - j0):
+                a[j] = f(z[j], act, one)
+
+
+@jit
+def unit_task(X, Y, perm, net, work, units, task, batch, part, hyper):
+    """Part ``part`` (0 or 1) of one phase of a step split by units, on the batch rows
+    perm[s:s + m] (batch = s << 32 | m)."""
+    kind, keep, l = task >> 40, (task >> 32) & 1 == 1, task & 0xFFFFFFFF
+    s, m = batch >> 32, batch & 0xFFFFFFFF
+    offsets, cap = net.row_offsets, work.cap
+    if kind == GATHER:  # rows 0..m/2 or m/2..m of the batch
+        r0, r1 = (0, m // 2) if part == 0 else (m // 2, m)
+        gather_rows(X, perm[s + r0 : s + r1], slot(work.A, offsets, 0, cap, m)[r0:r1])
+        gather_rows(Y, perm[s + r0 : s + r1], targets(work, Y.shape[1], m)[r0:r1])
+    elif kind == UPDATE:  # BP3, BP4 and the SGD step of every layer's part
+        lr, momentum, decay = hyper
+        for k in range(net.layout.shape[0]):
+            j0, j1 = (0, units.cuts[k]) if part == 0 else (units.cuts[k], net.layout[k, 2])
+            delta, A_prev = slot(work.D, offsets, k + 1, cap, m), slot(work.A, offsets, k, cap, m)
+            sgd_layer(net, k, delta, A_prev, lr, 1.0 / m, momentum, decay, keep, j0, j1)
+    else:
+        j0, j1 = (0, units.cuts[l]) if part == 0 else (units.cuts[l], net.layout[l, 2])
+        Z, A = slot(work.Z, offsets, l + 1, cap, m), slot(work.A, offsets, l + 1, cap, m)
+        if kind == FORWARD:  # layer l + 1's units j0..j1
+            W, b = weights(net.params, net.layout, l)
+            forward_units(slot(work.A, offsets, l, cap, m), W, b, Z, A, net.act_codes[l], j0, j1)
+        else:  # BACKWARD: BP2 for layer l + 1's units j0..j1, from W^(l+2)'s columns j0..j1
+            W_next, D = weights(net.params, net.layout, l + 1)[0], slot(work.D, offsets, l + 1, cap, m)
+            D_next = slot(work.D, offsets, l + 2, cap, m)
+            hidden_error_loops(D_next, W_next, Z, A, D, net.act_codes[l], j0, j1)
+
+
+@jit
+def serve_units(X, Y, perm, net, work, units, hyper):
+    """The helper thread: the second part of every phase posted in units.flags that it claims
+    first, until QUIT."""
+    f = units.flags
+    seen = load_acquire(f, POSTED)
+    while True:
+        ticket = load_acquire(f, POSTED)
+        if ticket == seen:
+            if load_acquire(f, QUIT) != 0:
+                return
+            yield_core()
+            continue
+        seen = ticket
+        task, batch = load_acquire(f, TASK), load_acquire(f, BATCH)  # a later phase's if posted meanwhile:
+        if claim(f, CLAIMED, ticket - 1, ticket):  # then this claim fails
+            unit_task(X, Y, perm, net, work, units, task, batch, 1, hyper)
+            store_release(f, DONE, ticket)
+
+
+@jit
+def unit_phase(X, Y, perm, net, work, units, task, batch, hyper, ask):
+    """Both parts of one phase: the first here; the second posted to the helper if ``ask``, and
+    computed here if this thread claims it first. Returns the cycles this thread then waited."""
+    f = units.flags
+    if not ask:
+        unit_task(X, Y, perm, net, work, units, task, batch, 0, hyper)
+        unit_task(X, Y, perm, net, work, units, task, batch, 1, hyper)
+        return 0
+    ticket = f[POSTED] + 1
+    f[TASK], f[BATCH] = task, batch
+    store_release(f, POSTED, ticket)
+    unit_task(X, Y, perm, net, work, units, task, batch, 0, hyper)
+    if claim(f, CLAIMED, ticket - 1, ticket):
+        unit_task(X, Y, perm, net, work, units, task, batch, 1, hyper)
+        return 0
+    t0 = cycles()
+    while load_acquire(f, DONE) != ticket:
+        yield_core()
+    return cycles() - t0
+
+
+@jit
+def units_step(X, Y, perm, s, e, net, work, units, hyper, keep, ask):
+    """One step of mini-batch SGD on rows perm[s:e] of (X, Y), each phase split by units
+    (``unit_phase``; the second parts offered to the helper if ``ask``). True if this thread
+    waited for the helper for over half of the step (it lost its core in a part: a scheduler
+    slice is milliseconds, a step tens of microseconds)."""
+    L, offsets, cap, m = net.layout.shape[0], net.row_offsets, work.cap, e - s
+    batch, kept, t0 = (s << 32) | m, np.int64(keep) << 32, cycles()
+    waited = unit_phase(X, Y, perm, net, work, units, GATHER << 40, batch, hyper, ask)
+    for l in range(L - 1):
+        waited += unit_phase(X, Y, perm, net, work, units, (FORWARD << 40) | l, batch, hyper, ask)
+    W, b = weights(net.params, net.layout, L - 1)  # the output layer, whole: feedforward and BP1
+    Z, A, D = slot(work.Z, offsets, L, cap, m), slot(work.A, offsets, L, cap, m), slot(work.D, offsets, L, cap, m)
+    forward(slot(work.A, offsets, L - 1, cap, m), W, b, Z, A, net.act_codes[L - 1])
+    output_error(Z, A, targets(work, A.shape[1], m), D, net.loss, net.act_codes[L - 1], work.cost)
+    for l in range(L - 2, -1, -1):
+        waited += unit_phase(X, Y, perm, net, work, units, (BACKWARD << 40) | l, batch, hyper, ask)
+    waited += unit_phase(X, Y, perm, net, work, units, (UPDATE << 40) | kept, batch, hyper, ask)
+    return 2 * waited > cycles() - t0
+
+
+@jit
+def train_batches_by_units(X, Y, perm, start, stop, net, work, units, hyper, helper):
+    """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time, each batch split by
+    units (``units_step``; a last batch under UNIT_ROWS rows whole). With ``helper``, the second
+    parts are offered to the helper thread; after a batch it was late for, this thread takes them
+    all for 1, 2, 4, ... batches (the core is likely taken), then offers them again."""
+    cap, alone, backoff = work.cap, 0, 1
+    lr, momentum, decay = hyper
+    for s in range(start, stop, cap):
+        e = min(s + cap, stop)
+        keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
+        if e - s < UNIT_ROWS:
+            gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, e - s))
+            gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
+            step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
+            continue
+        late = units_step(X, Y, perm, s, e, net, work, units, hyper, keep, helper and alone == 0)
+        if alone > 0:
+            alone -= 1
+        elif late:
             alone, backoff = backoff, min(2 * backoff, 1024)
         elif helper:
             backoff = max(1, backoff // 2)

@@ -1,6 +1,7 @@
 """Hand-offs between two CPU threads inside @njit code: a flag read with acquire and written with
 release ordering (so a loop waiting on it is not optimised away and the data written before it is
-seen after it), a yield of the core to whatever else is runnable, and the cycle counter.
+seen after it), a task claimed by one thread of two (compare-and-swap),
+a yield of the core to whatever else is runnable, and the cycle counter.
 
 Waiting threads yield instead of spinning hot: on a machine doing other things too, the thread
 waited for may be queued behind the waiting one (benchmarks/NOTES.md, issue 22).
@@ -34,6 +35,20 @@ def store_release(typingctx, flags, i, value):
         return context.get_dummy_value()
 
     return types.void(flags, i, value), codegen
+
+
+@intrinsic
+def claim(typingctx, flags, i, expected, value):
+    """flags[i] = value if it holds ``expected`` (an atomic compare-and-swap, sequentially
+    consistent); True if this call made the change. Of two threads claiming one task, one wins."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        old, new = (context.cast(builder, a, t, types.int64) for a, t in zip(args[2:], signature.args[2:]))
+        pair = builder.cmpxchg(builder.gep(array.data, [args[1]]), old, new, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(flags, i, expected, value), codegen
 
 
 @intrinsic

@@ -130,7 +130,7 @@ def test_sgd_layer_plain_step_without_keeping_nabla(rng, dtype, m, n_out):
     zeros = np.zeros((n_out, n_in), dtype), np.zeros(n_out, dtype)
     net = one_layer(W.astype(dtype), b.astype(dtype), *zeros, *zeros)
     lr, scale = 0.7, 1 / m
-    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, 0.0, 0.0, False)
+    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, 0.0, 0.0, False, 0, n_out)
     Wd, bd = layer(net.params, n_out, n_in)
     close(Wd, W - lr * scale * delta.T @ A_prev, dtype)
     close(bd, b - lr * scale * delta.sum(axis=0), dtype)
@@ -146,7 +146,7 @@ def test_sgd_layer_is_bp3_bp4_and_the_update_fused(rng, dtype, m):
     nans = np.full((n_out, n_in), np.nan, dtype), np.full(n_out, np.nan, dtype)
     net = one_layer(*(x.astype(dtype) for x in (W, b)), *nans, *(x.astype(dtype) for x in (vW, vb)))
     lr, scale, momentum, decay = 0.3, 1 / m, 0.9, 0.01
-    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, momentum, decay, True)
+    cpu.sgd_layer(net, 0, delta.astype(dtype), A_prev.astype(dtype), lr, scale, momentum, decay, True, 0, n_out)
     nabla_w, nabla_b = scale * delta.T @ A_prev, scale * delta.sum(axis=0)
     gW, gb = layer(net.nabla, n_out, n_in)
     close(gW, nabla_w, dtype)
