@@ -18,7 +18,7 @@ from numba.extending import overload
 from .activations import SIGMOID, SOFTMAX
 from .activations import compile_for as _activations_for
 from .losses import compile_for as _losses_for
-from .sync import claim, cycles, load_acquire, store_release, yield_core
+from .sync import claim, cycles, load_acquire, nap, store_release, yield_core
 
 
 def _drop_stale_cache() -> None:
@@ -632,18 +632,36 @@ def half_gradient(X, Y, idx, scale, net, work):
     step(net, work, m, scale, 0.0, 0.0, 0.0, False, False)
 
 
+# Empty polls in a row after which an idle helper naps (~0.1-0.3 ms of yields): its partner is
+# then working alone (backing off, or between epochs), and on a busy machine a helper that only
+# yields still takes a share of a core from it and from the others.
+IDLE_POLLS = 256
+
+
+@jit
+def idle(polls):
+    """An idle helper's wait before its next poll: a yield of the core, or after IDLE_POLLS empty
+    polls a nap of 50 us. Returns the polls so far."""
+    if polls < IDLE_POLLS:
+        yield_core()
+    else:
+        nap(50)
+    return polls + 1
+
+
 @jit
 def serve_halves(X, Y, perm, halves):
     """The helper thread: the second half of every batch posted in halves.flags, until QUIT."""
     f, net, work = halves.flags, halves.helper_net, halves.helper_work
-    done = load_acquire(f, DONE)
+    done, polls = load_acquire(f, DONE), 0
     while True:
         ticket = load_acquire(f, POSTED)
         if ticket == done:
             if load_acquire(f, QUIT) != 0:
                 return
-            yield_core()
+            polls = idle(polls)
             continue
+        polls = 0
         batch = load_acquire(f, BATCH)  # a later ticket's batch, if posted meanwhile: not used then
         s, m = batch >> 32, batch & 0xFFFFFFFF
         store_release(f, STARTED, ticket)
@@ -696,13 +714,36 @@ def halves_step(X, Y, perm, s, e, net, work, halves, hyper, keep, ask):
     return late
 
 
+# After a batch the helper was late for, this thread works alone for 1, 2, 4, ... up to 1024
+# batches (the helper's core is likely taken); that wait halves only after ON_TIME batches in a
+# row on time. Under load a late helper is common and each costs a scheduler slice (milliseconds)
+# against a step of ~0.1 ms: halving after each batch on time, the units at batch 16 took 2.3-2.6
+# times their idle epoch with one busy process.
+ON_TIME = 64
+
+
+@jit
+def backoff(state, asked, late):
+    """Whether to offer the next batch to the helper, after a batch offered (``asked``) and
+    ``late``, or not. state: int64 [batches still alone, the next wait, batches on time in a row]."""
+    if not asked:
+        state[0] = max(0, state[0] - 1)
+    elif late:
+        state[0], state[1], state[2] = state[1], min(2 * state[1], 1024), 0
+    else:
+        state[2] += 1
+        if state[2] >= ON_TIME:
+            state[1], state[2] = max(1, state[1] // 2), 0
+    return state[0] == 0
+
+
 @jit
 def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, momentum, decay, helper):
     """Mini-batch SGD over rows perm[start:stop], work.cap (>= SPLIT_ROWS) rows at a time, each
     batch in two halves (``halves_step``; a last batch under SPLIT_ROWS rows whole). With
     ``helper``, the second halves go to the helper thread; after a batch it was late for, this
-    thread does them itself for 1, 2, 4, ... batches (the core is likely taken), then asks again."""
-    cap, alone, backoff = work.cap, 0, 1
+    thread does them itself for a while (``backoff``)."""
+    cap, state, ask = work.cap, np.array([0, 1, 0]), helper
     for s in range(start, stop, cap):
         e = min(s + cap, stop)
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
@@ -711,13 +752,8 @@ def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, mome
             gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
             step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
             continue
-        late = halves_step(X, Y, perm, s, e, net, work, halves, (lr, momentum, decay), keep, helper and alone == 0)
-        if alone > 0:
-            alone -= 1
-        elif late != 0:
-            alone, backoff = backoff, min(2 * backoff, 1024)
-        elif helper:
-            backoff = max(1, backoff // 2)
+        late = halves_step(X, Y, perm, s, e, net, work, halves, (lr, momentum, decay), keep, ask)
+        ask = helper and backoff(state, ask, late != 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,15 +831,15 @@ def serve_units(X, Y, perm, net, work, units, hyper):
     """The helper thread: the second part of every phase posted in units.flags that it claims
     first, until QUIT."""
     f = units.flags
-    seen = load_acquire(f, POSTED)
+    seen, polls = load_acquire(f, POSTED), 0
     while True:
         ticket = load_acquire(f, POSTED)
         if ticket == seen:
             if load_acquire(f, QUIT) != 0:
                 return
-            yield_core()
+            polls = idle(polls)
             continue
-        seen = ticket
+        seen, polls = ticket, 0
         task, batch = load_acquire(f, TASK), load_acquire(f, BATCH)  # a later phase's if posted meanwhile:
         if claim(f, CLAIMED, ticket - 1, ticket):  # then this claim fails
             unit_task(X, Y, perm, net, work, units, task, batch, 1, hyper)
@@ -858,8 +894,8 @@ def train_batches_by_units(X, Y, perm, start, stop, net, work, units, hyper, hel
     """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time, each batch split by
     units (``units_step``; a last batch under UNIT_ROWS rows whole). With ``helper``, the second
     parts are offered to the helper thread; after a batch it was late for, this thread takes them
-    all for 1, 2, 4, ... batches (the core is likely taken), then offers them again."""
-    cap, alone, backoff = work.cap, 0, 1
+    all for a while (``backoff``)."""
+    cap, state, ask = work.cap, np.array([0, 1, 0]), helper
     lr, momentum, decay = hyper
     for s in range(start, stop, cap):
         e = min(s + cap, stop)
@@ -869,10 +905,5 @@ def train_batches_by_units(X, Y, perm, start, stop, net, work, units, hyper, hel
             gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
             step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
             continue
-        late = units_step(X, Y, perm, s, e, net, work, units, hyper, keep, helper and alone == 0)
-        if alone > 0:
-            alone -= 1
-        elif late:
-            alone, backoff = backoff, min(2 * backoff, 1024)
-        elif helper:
-            backoff = max(1, backoff // 2)
+        late = units_step(X, Y, perm, s, e, net, work, units, hyper, keep, ask)
+        ask = helper and backoff(state, ask, late)

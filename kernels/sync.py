@@ -1,7 +1,7 @@
 """Hand-offs between two CPU threads inside @njit code: a flag read with acquire and written with
 release ordering (so a loop waiting on it is not optimised away and the data written before it is
 seen after it), a task claimed by one thread of two (compare-and-swap),
-a yield of the core to whatever else is runnable, and the cycle counter.
+a yield of the core to whatever else is runnable, a nap, and the cycle counter.
 
 Waiting threads yield instead of spinning hot: on a machine doing other things too, the thread
 waited for may be queued behind the waiting one (benchmarks/NOTES.md, issue 22).
@@ -61,6 +61,19 @@ def yield_core(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def nap(typingctx, microseconds):
+    """usleep(microseconds): give the core up for at least that long."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "usleep")
+        builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.uint32)])
+        return context.get_dummy_value()
+
+    return types.void(microseconds), codegen
 
 
 @intrinsic
