@@ -122,3 +122,28 @@ def test_a_fit_offers_parts_to_the_helper_when_the_process_has_two_cores():
     rng = np.random.default_rng(3)
     net.fit(rng.standard_normal((2000, 64)), rng.integers(0, 3, 2000), epochs=1, batch_size=16)
     assert cores.units(net._schedule).flags[cpu.DONE] > 0
+
+
+def test_the_backoff_after_a_late_helper():
+    """Hand-worked: each late batch sends this thread alone for the current wait (1, 2, 4, ... up
+    to 1024 batches) and doubles it; the wait halves only after ON_TIME batches in a row on time."""
+    state = np.array([0, 1, 0])
+
+    def late_then_alone():
+        assert not cpu.backoff(state, True, True)  # late: the next batch is not offered
+        alone = 1
+        while not cpu.backoff(state, False, False):
+            alone += 1
+        return alone
+
+    assert [late_then_alone() for _ in range(3)] == [1, 2, 4]
+    assert state[1] == 8
+    for _ in range(cpu.ON_TIME - 1):
+        assert cpu.backoff(state, True, False)
+    assert state[1] == 8  # one batch short of ON_TIME on time: not halved yet
+    assert cpu.backoff(state, True, False)
+    assert state[1] == 4
+    assert late_then_alone() == 4
+    for _ in range(12):
+        late_then_alone()
+    assert state[1] == 1024 and late_then_alone() == 1024
