@@ -639,29 +639,32 @@ IDLE_POLLS = 256
 
 
 @jit
-def idle(polls):
-    """An idle helper's wait before its next poll: a yield of the core, or after IDLE_POLLS empty
-    polls a nap of 50 us. Returns the polls so far."""
-    if polls < IDLE_POLLS:
-        yield_core()
-    else:
-        nap(50)
-    return polls + 1
+def next_post(flags, seen):
+    """The helper's wait for a ticket other than ``seen`` in flags[POSTED], returned; -1 once QUIT
+    is set. It yields the core between polls, and after IDLE_POLLS empty ones naps 50 us."""
+    polls = 0
+    while True:
+        ticket = load_acquire(flags, POSTED)
+        if ticket != seen:
+            return ticket
+        if load_acquire(flags, QUIT) != 0:
+            return -1
+        if polls < IDLE_POLLS:
+            yield_core()
+        else:
+            nap(50)
+        polls += 1
 
 
 @jit
 def serve_halves(X, Y, perm, halves):
     """The helper thread: the second half of every batch posted in halves.flags, until QUIT."""
     f, net, work = halves.flags, halves.helper_net, halves.helper_work
-    done, polls = load_acquire(f, DONE), 0
+    done = load_acquire(f, DONE)
     while True:
-        ticket = load_acquire(f, POSTED)
-        if ticket == done:
-            if load_acquire(f, QUIT) != 0:
-                return
-            polls = idle(polls)
-            continue
-        polls = 0
+        ticket = next_post(f, done)
+        if ticket < 0:
+            return
         batch = load_acquire(f, BATCH)  # a later ticket's batch, if posted meanwhile: not used then
         s, m = batch >> 32, batch & 0xFFFFFFFF
         store_release(f, STARTED, ticket)
@@ -831,15 +834,11 @@ def serve_units(X, Y, perm, net, work, units, hyper):
     """The helper thread: the second part of every phase posted in units.flags that it claims
     first, until QUIT."""
     f = units.flags
-    seen, polls = load_acquire(f, POSTED), 0
+    ticket = load_acquire(f, POSTED)
     while True:
-        ticket = load_acquire(f, POSTED)
-        if ticket == seen:
-            if load_acquire(f, QUIT) != 0:
-                return
-            polls = idle(polls)
-            continue
-        seen, polls = ticket, 0
+        ticket = next_post(f, ticket)
+        if ticket < 0:
+            return
         task, batch = load_acquire(f, TASK), load_acquire(f, BATCH)  # a later phase's if posted meanwhile:
         if claim(f, CLAIMED, ticket - 1, ticket):  # then this claim fails
             unit_task(X, Y, perm, net, work, units, task, batch, 1, hyper)
