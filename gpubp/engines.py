@@ -104,13 +104,15 @@ class CpuEngine(Engine):
         in for the velocity, so the momentum state is neither read nor written."""
         w, net = self.w, self.w.net._replace(velocity=self.w.nabla)
         with cores.blas_threads_for(w.sizes, m):
-            hyper, X, Y, rows = (float(lr), 0.0, 0.0), v.A[0].copy(), v.Y.copy(), np.arange(m)
-            if cores.in_halves(m):  # as fit takes such a batch: in two halves (kernels.cpu.halves_step)
-                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.halves(w, cap), hyper, False, False)
-            elif cores.by_units(w, m):  # or split by units (kernels.cpu.units_step)
-                self.k.units_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.units(w), hyper, False, False)
-            else:
+            halves, units = cores.in_halves(m), cores.by_units(w, m)
+            if not (halves or units):
                 self.k.step(net, w.buffers(cap), m, 1.0 / m, lr, 0.0, 0.0, True, False)
+                return
+            hyper, X, Y, rows = (float(lr), 0.0, 0.0), v.A[0].copy(), v.Y.copy(), np.arange(m)
+            if halves:  # as fit takes such a batch: in two halves (kernels.cpu.halves_step)
+                self.k.halves_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.halves(w, cap), hyper, False, False)
+            else:  # or split by units (kernels.cpu.units_step)
+                self.k.units_step(X, Y, rows, 0, m, net, w.buffers(cap), cores.units(w), hyper, False, False)
 
     def steps(self, X: Any, Y: Any, order_d: Any, start: int, stop: int, batch_size: int, hyper: tuple) -> None:
         with cores.blas_threads_for(self.w.sizes, batch_size):
