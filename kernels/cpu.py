@@ -587,14 +587,20 @@ def step(net, work, m, scale, lr, momentum, decay, update, keep):
 @jit
 def train_batches(X, Y, perm, start, stop, net, work, lr, momentum, decay):
     """Mini-batch SGD over rows perm[start:stop], work.cap rows at a time."""
-    cap = work.cap
-    for s in range(start, stop, cap):
-        e = min(s + cap, stop)
-        m = e - s
-        gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, m))
-        gather_rows(Y, perm[s:e], targets(work, Y.shape[1], m))
-        keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
-        step(net, work, m, 1.0 / m, lr, momentum, decay, True, keep)
+    for s in range(start, stop, work.cap):
+        e = min(s + work.cap, stop)
+        batch_step(X, Y, perm, s, e, net, work, (lr, momentum, decay), e == stop)
+
+
+@jit
+def batch_step(X, Y, perm, s, e, net, work, hyper, keep):
+    """One step of mini-batch SGD (``step``) on rows perm[s:e] of (X, Y), gathered into the work
+    buffers; ``keep`` for the last batch of an epoch, which leaves nabla and velocity as a step by
+    step() would."""
+    m, (lr, momentum, decay) = e - s, hyper
+    gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, work.cap, m))
+    gather_rows(Y, perm[s:e], targets(work, Y.shape[1], m))
+    step(net, work, m, 1.0 / m, lr, momentum, decay, True, keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,9 +757,7 @@ def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, mome
         e = min(s + cap, stop)
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
         if e - s < SPLIT_ROWS:
-            gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, e - s))
-            gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
-            step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
+            batch_step(X, Y, perm, s, e, net, work, (lr, momentum, decay), keep)
             continue
         late = halves_step(X, Y, perm, s, e, net, work, halves, (lr, momentum, decay), keep, ask)
         ask = helper and backoff(state, ask, late != 0)
@@ -895,14 +899,11 @@ def train_batches_by_units(X, Y, perm, start, stop, net, work, units, hyper, hel
     parts are offered to the helper thread; after a batch it was late for, this thread takes them
     all for a while (``backoff``)."""
     cap, state, ask = work.cap, np.array([0, 1, 0]), helper
-    lr, momentum, decay = hyper
     for s in range(start, stop, cap):
         e = min(s + cap, stop)
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
         if e - s < UNIT_ROWS:
-            gather_rows(X, perm[s:e], slot(work.A, net.row_offsets, 0, cap, e - s))
-            gather_rows(Y, perm[s:e], targets(work, Y.shape[1], e - s))
-            step(net, work, e - s, 1.0 / (e - s), lr, momentum, decay, True, keep)
+            batch_step(X, Y, perm, s, e, net, work, hyper, keep)
             continue
         late = units_step(X, Y, perm, s, e, net, work, units, hyper, keep, ask)
         ask = helper and backoff(state, ask, late)
