@@ -483,7 +483,7 @@ def sgd_layer(net, l, Delta, A_prev, lr, scale, momentum, decay, keep, j0, j1):
     W, b, nabla_w, nabla_b = W[j0:j1], b[j0:j1], nabla_w[j0:j1], nabla_b[j0:j1]
     vel_w, vel_b = vel_w[j0:j1], vel_b[j0:j1]
     D, blas = Delta[:, j0:j1], Delta.shape[0] >= BLAS_ROWS and j1 - j0 == Delta.shape[1]
-    if blas:  # the whole layer's nabla_w = scale Delta^T A_prev
+    if blas:  # the whole layer's unscaled sum Delta^T A_prev (scaled or stepped by below)
         np.dot(Delta.T, A_prev, nabla_w)
     if momentum == 0 and decay == 0:
         if blas:  # W -= (lr scale) sum in one pass
