@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import dispatch
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "sm_90"
@@ -45,14 +47,19 @@ REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 DISPATCH_US = (6.6, 3.5)  # numba-cuda's launch cost on a fast host: per launch, per array argument (assumption)
 # per_step (launches and GEMMs stubbed, the fastest of 30 epochs of 2000 rows) on the tree before issue 20
 # item 3 (commit f2edeb4, a worktree, this file's per_step loaded beside it), on this VM (2 shared cores)
-# (the fastest of three runs, 2026-12-03; each run's minimum varied by up to 1.5x with the load)
+# (the fastest of three runs, 2026-12-03; each run's minimum varied by up to 1.5x with the load);
+# numba_cuda_us_per_step: benchmarks.dispatch on one step of that worktree (its kernels, the dispatcher),
+# the fastest of three runs alternating with this tree's, 2026-12-04 (each run 445-951 us, 344-462 us;
+# a lower bound: that tree sliced the order per step, a new device array the dispatcher typed each time)
 HOST_BEFORE = {
     "commit": "f2edeb4", "rows": 2000, "repeats": 30,
     "paths": {
-        "layers": {"launches_per_step": 12.005, "array_args_per_step": 42.01, "host_us_per_step_stubbed": 46.8},
+        "layers": {"launches_per_step": 12.005, "array_args_per_step": 42.01, "host_us_per_step_stubbed": 46.8,
+                   "numba_cuda_us_per_step": 445},
         "epoch": {"launches_per_step": 0.010, "array_args_per_step": 0.08, "host_us_per_step_stubbed": 0.2},
         "graph": {"launches_per_step": 13.135, "array_args_per_step": 47.48, "host_us_per_step_stubbed": 44.1},
-        "cublas": {"launches_per_step": 10.005, "array_args_per_step": 30.01, "host_us_per_step_stubbed": 38.8},
+        "cublas": {"launches_per_step": 10.005, "array_args_per_step": 30.01, "host_us_per_step_stubbed": 38.8,
+                   "numba_cuda_us_per_step": 344},
         "cublas-graph": {"launches_per_step": 11.115, "array_args_per_step": 35.36, "host_us_per_step_stubbed": 38.2},
     },
 }  # fmt: skip
@@ -60,6 +67,8 @@ for _before in HOST_BEFORE["paths"].values():
     _before["dispatch_us_per_step_model"] = (
         _before["launches_per_step"] * DISPATCH_US[0] + _before["array_args_per_step"] * DISPATCH_US[1]
     )
+GATHERS = ("gather_batch", "gather_batch_at", "gather_rows")  # a step's first launches
+PATHS_REPLAYED = {"graph", "cublas-graph"}  # their steps launch once, into a recording
 COST_MODEL = "predict_epoch_seconds"  # the function of gpubp.schedule the report calls, when it exists
 # the whole-epoch kernel as issue 20 found it (commit d4231cd), read by this report: for before/after
 FUSED_BEFORE = {
@@ -286,7 +295,18 @@ def per_step(
         "host_us_per_step_stubbed_median": 1e6 * sorted(times)[len(times) // 2] / steps,
         "dispatch_us_per_step_model": launches * DISPATCH_US[0] + arrays * DISPATCH_US[1],
         "kernels": sorted({n for _, n, _, _ in seen}),
+        "step": one_step(seen),
     }
+
+
+def one_step(seen: list[tuple]) -> list[tuple]:
+    """The launches of one whole mini-batch step among an epoch's (from the second step's gather to
+    the third's) as (element type, name, argument specs); [] where steps are not launched one by one."""
+    names = [name for _, name, _, _ in seen]
+    starts = [i for i, n in enumerate(names) if n in GATHERS and (i == 0 or names[i - 1] not in GATHERS)]
+    if len(starts) < 3:
+        return []
+    return [(t, name, specs) for t, name, specs, _ in seen[starts[1] : starts[2]]]
 
 
 # ---- compile, assemble, disassemble ------------------------------------------------------------
@@ -626,42 +646,66 @@ def markdown(record: dict) -> str:
     for key in FUSED_BEFORE["float32"]:
         cells = [f"{FUSED_BEFORE[t][key]} | {fmt(record['fused'].get(t, {}).get(key))}" for t in ("float32", "float64")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    before = HOST_BEFORE
-    lines += [
-        "",
-        f"## Per mini-batch step, each Execution (784-30-10, batch 10, float32, {before['rows']} rows; simulator)",
-        "",
-        "Launches and device-array arguments counted per step. Host us/step: gpubp's own Python per step, "
-        "`Schedule.train_epoch` timed with every launch and GEMM stubbed, the fastest of "
-        f"{before['repeats']} epochs over its steps (a shared, busy 2-core VM: the minimum is the least disturbed "
-        "epoch, medians run 1.2-2x higher). Dispatch: numba-cuda's own launch cost, not measured here (no GPU), "
-        f"modelled as {DISPATCH_US[0]} us a launch + {DISPATCH_US[1]} us a device-array argument. Before: commit "
-        f"{before['commit']}, measured by this same function in a worktree of it (`HOST_BEFORE`). Graph paths: "
-        "the launch loop a recording holds (the simulator records nothing); a GPU replays it in one call per "
-        "`Tuning.graph_batches` steps. cuBLAS paths: the GEMMs' own host time (CuPy, cuBLAS) is in neither column.",
-        "",
-        "| path | launches/step before, now | array args/step before, now | host us/step before | host us/step now "
-        "| host now / before | + dispatch model before | + dispatch model now | total before | total now "
-        "| total now / before |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in record["executions"]:
-        b = before["paths"].get(e["path"])
-        if b is None:
-            continue
-        total_b = b["host_us_per_step_stubbed"] + b["dispatch_us_per_step_model"]
-        total = e["host_us_per_step_stubbed"] + e["dispatch_us_per_step_model"]
-        own = e["host_us_per_step_stubbed"] / b["host_us_per_step_stubbed"]
-        lines.append(
-            f"| {e['path']} | {b['launches_per_step']:.2f}, {e['launches_per_step']:.2f} | "
-            f"{b['array_args_per_step']:.1f}, {e['array_args_per_step']:.1f} | {b['host_us_per_step_stubbed']:.1f} | "
-            f"{e['host_us_per_step_stubbed']:.1f} | {own:.2f} | "
-            f"{b['dispatch_us_per_step_model']:.0f} | "
-            f"{e['dispatch_us_per_step_model']:.0f} | {total_b:.0f} | {total:.0f} | {total / total_b:.2f} |"
-        )
+    lines += host_lines(record["executions"])
     lines += ["", "## Cost model: predicted seconds per epoch on an H100 (gpubp.schedule), beside gpubp's CPU", ""]
     lines += _prediction_lines(record["predictions"])
     return "\n".join(lines) + "\n"
+
+
+def host_lines(executions: list[dict]) -> list[str]:
+    """The per-step host table: gpubp's own Python (simulator, launches stubbed) and numba-cuda's
+    launches (``benchmarks.dispatch``: the real numba-cuda, the driver stubbed), before and now."""
+    before = HOST_BEFORE
+    lines = [
+        "",
+        f"## Per mini-batch step, each Execution (784-30-10, batch 10, float32, {before['rows']} rows)",
+        "",
+        "Launches and device-array arguments counted per step in the simulator. gpubp us/step: gpubp's own "
+        "Python, `Schedule.train_epoch` timed with every launch and GEMM stubbed, the fastest of "
+        f"{before['repeats']} epochs over its steps (a shared 2-core VM: the minimum is the least disturbed epoch). "
+        "numba-cuda us/step (`benchmarks.dispatch`): one step's launches replayed with the real numba-cuda and "
+        "the GPU stubbed (context, memory, cuda.core's `launch`), the fastest of interleaved rounds: through "
+        "numba-cuda's dispatcher as plans launched before, and as `Prepared` launches as they launch now; "
+        "cuda.core's own packing and cuLaunchKernel are in neither. Before: commit "
+        f"{before['commit']} (`HOST_BEFORE`: both measured by these same functions in a worktree of it; its "
+        "numba-cuda figure is a lower bound, as that tree sliced the order into a new device array per step). "
+        "Where no step is launched one by one (the whole epoch; a graph replays "
+        "`Tuning.graph_batches` recorded steps per launch) there is no per-step dispatch: the "
+        f"model {DISPATCH_US[0]} us a launch + {DISPATCH_US[1]} us an array is shown for the recording. cuBLAS "
+        "paths: the GEMMs' host time (CuPy, cuBLAS) is in no column.",
+        "",
+        "| path | launches/step before, now | array args/step before, now | gpubp us/step before, now "
+        "| numba-cuda us/step before | now, dispatcher | now, prepared | total before | total now | now / before |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fit = next((e["dispatch"]["fit_us"] for e in executions if "fit_us" in e.get("dispatch", {})), None)
+    for e in executions:
+        b, d = before["paths"].get(e["path"]), e.get("dispatch", {})
+        if b is None:
+            continue
+        counts = (
+            f"| {e['path']} | {b['launches_per_step']:.2f}, {e['launches_per_step']:.2f} | "
+            f"{b['array_args_per_step']:.1f}, {e['array_args_per_step']:.1f} | "
+            f"{b['host_us_per_step_stubbed']:.1f}, {e['host_us_per_step_stubbed']:.1f} | "
+        )
+        if d.get("prepared_us_per_step") and "numba_cuda_us_per_step" in b:
+            total_b = b["host_us_per_step_stubbed"] + b["numba_cuda_us_per_step"]
+            total = e["host_us_per_step_stubbed"] + d["prepared_us_per_step"]
+            lines.append(
+                counts + f"{b['numba_cuda_us_per_step']:.0f} | {d['dispatcher_us_per_step']:.0f} | "
+                f"{d['prepared_us_per_step']:.0f} | {total_b:.0f} | {total:.0f} | {total / total_b:.2f} |"
+            )
+        else:
+            model_b, model = b["dispatch_us_per_step_model"], e["dispatch_us_per_step_model"]
+            lines.append(counts + f"model {model_b:.0f} | model {model:.0f} | - | - | - | - |")
+    if fit:
+        lines += [
+            "",
+            f"numba-cuda's dispatcher on this host, fitted over one step's launches: {fit['per_launch']:.1f} us a "
+            f"launch + {fit['per_array']:.1f} us a device-array argument (numba-cuda's own figures on a fast host: "
+            f"{DISPATCH_US[0]} + {DISPATCH_US[1]}).",
+        ]
+    return lines
 
 
 def _prediction_lines(pred: dict) -> list[str]:
@@ -704,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         record["kernels"] = kernels(Path(folder))
         record["executions"] = executions_in_simulator(Path(folder))
+    for e in record["executions"]:  # numba-cuda's part of each step launched one by one
+        if e["step"] and not PATHS_REPLAYED.intersection([e["path"]]):
+            e["dispatch"] = dispatch.measure(e["step"])
     record["fused"] = fused_summary(record["kernels"])
     record["fused_before"] = FUSED_BEFORE
     record["predictions"] = predictions()

@@ -145,7 +145,10 @@ def requested(path: str | Execution, backend: Backend) -> str | Execution:
 # H100 SXM figures are NVIDIA's, the others are read from numba-cuda's launch path and the static
 # kernel report. FUSED_INSTRUCTIONS_PER_FFMA is the whole-epoch kernel's issue rate, to be fed from
 # the static report (python -m benchmarks --only static) as its product loops change.
-LAUNCH_HOST_S = 20e-6  # host time of one Numba kernel launch (dispatch, argument boxing): 20-35 us read here
+# host time of one planned Numba kernel launch: a ``Prepared`` launch, ~4.5 us of Python here
+# (benchmarks.dispatch, the driver stubbed; numba-cuda's dispatcher took ~45-80) + cuda.core's
+# packing and cuLaunchKernel (~3.5 us, assumption)
+LAUNCH_HOST_S = 8e-6
 CUBLAS_HOST_S = 30e-6  # host time of one GEMM through CuPy (array wrappers, handle, stream)
 GRAPH_REPLAY_HOST_S = 15e-6  # host time of one graph launch
 GRAPH_NODE_S = 1.0e-6  # device time between two kernel nodes of a replayed graph
@@ -156,8 +159,8 @@ FFMA_PER_SM_CYCLE = {"float32": 128, "float64": 64}
 NUMBA_GEMM_EFFICIENCY = 0.10  # tiled/register-blocked Numba products: fraction of an SM's FFMA peak
 CUBLAS_GEMM_EFFICIENCY = 0.50  # cuBLAS at these small shapes
 # SASS instructions per multiply-add of the whole-epoch kernel's product loops, float32, as the static
-# report (benchmarks.static, "per_ffma_overall") measures it: 15.2 at issue 20, 7.7 since 879682f
-FUSED_INSTRUCTIONS_PER_FFMA = 7.7
+# report (benchmarks.static, "per_ffma_overall") measures it: 15.2 at issue 20, 7.7 at 879682f, 4.7 since 8c59b5e
+FUSED_INSTRUCTIONS_PER_FFMA = 4.7
 FUSED_ISSUE_PER_CYCLE = 1.0  # warp instructions the one block issues per cycle (16 warps, a sync per stage)
 FUSED_ELEMENTWISE_INSTRUCTIONS = 8  # per element of its gather, BP1 and update loops
 

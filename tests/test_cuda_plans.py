@@ -6,16 +6,22 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp.kernels.cuda import elementwise
+from gpubp.kernels.cuda import elementwise, launches
 
 pytestmark = pytest.mark.cuda
 
 
 class FakeKernel:
-    """A numba-cuda dispatcher as a plan sees it: kernel[grid, block, stream] gives a callable."""
+    """A numba-cuda dispatcher as a plan sees it: kernel[grid, block, stream] gives a callable (and
+    no compiled overload that a ``Prepared`` launch could keep)."""
+
+    overloads: dict = {}
 
     def __init__(self):
         self.configured, self.launched = [], []
+
+    def typeof_pyval(self, value):
+        return type(value)
 
     def __getitem__(self, configuration):
         self.configured.append(configuration)
@@ -30,9 +36,9 @@ def test_on_a_gpu_a_plan_configures_once_and_launches_as_often_as_it_runs(monkey
     kernel = FakeKernel()
     monkeypatch.setattr(elementwise, "kernels", lambda dtype: type("family", (), {"gather_rows": kernel}))
     src, idx, dst = np.zeros((5, 3)), np.zeros(4, np.int64), np.zeros((4, 3))
-    launches = elementwise.gather_rows.plan(src, idx, dst, stream=7)
+    plan = elementwise.gather_rows.plan(src, idx, dst, stream=7)
     for _ in range(3):
-        elementwise.run(launches)
+        launches.run(plan)
     assert kernel.configured == [(1, 256, 7)]
     assert kernel.launched == [((1, 256, 7), (src, idx, dst))] * 3
 
@@ -77,3 +83,21 @@ def test_a_plan_follows_the_work_buffers(rng):
     for net in nets:
         net._schedule.gradients(net._inputs(X), net._targets(labels, 4))
     np.testing.assert_allclose(s.host("nabla"), nets[0]._schedule.host("nabla"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path, dtype", [("layers", "float32"), ("cublas", "float64")])
+def test_a_prepared_launch_hands_the_driver_what_numba_cuda_would(path, dtype):
+    """On a GPU every planned launch is a ``Prepared`` one, which keeps the kernel parameters its
+    first call made. Replayed with the real numba-cuda and only the GPU stubbed
+    (``benchmarks.dispatch``), each launch of a step hands the driver exactly the parameters that
+    numba-cuda's dispatcher hands it, at the first call, the second (kept) and after the gather's
+    start row changed, and every launch of the step is kept."""
+    from benchmarks import dispatch, static
+
+    step = static.per_step(path, rows=40, dtype=dtype, repeats=1)["step"]
+    assert len(step) == 8 and step[0][1] == "gather_batch"
+    found = dispatch.measure(step, repeats=20)
+    if "skipped" in found:
+        pytest.skip(found["skipped"])
+    assert found["mismatches"] == []
+    assert found["kept"] == found["launches"] == len(step)

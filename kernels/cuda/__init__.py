@@ -6,7 +6,7 @@ Layout. Rows are samples, as on the CPU: A^(l-1) is (m, n_in), W^l is (n_out, n_
 float64. Launchers have the names and argument order of ``kernels.cpu`` plus a keyword
 ``stream=0``; they pick the kernel built for the arrays' dtype, size the grid themselves and
 launch asynchronously. They never validate (the driver checks shapes and dtypes once) and never
-allocate. Each is written as its launch plan (``elementwise.launcher``): ``launcher.plan(...)``
+allocate. Each is written as its launch plan (``launches.launcher``): ``launcher.plan(...)``
 returns its (configured kernel, arguments) pairs without launching, so a fit builds a step's
 launches once and then only calls them (``gpubp.engines.CudaEngine``). Shared arrays need their
 dtype at compile time, so each family builds its kernels per element type in a cached ``build(T)``.
@@ -19,6 +19,7 @@ One module per family of kernels:
 | ``elementwise``| BP1, BP3, softmax, SGD, the cuBLAS epilogues, gather and counts          |
 | ``fused``      | a whole epoch in one launch (``train_batches``)                          |
 | ``cublas``     | the products by cuBLAS through CuPy, then an elementwise epilogue        |
+| ``launches``   | launch plans, and launches prepared once on a GPU (``Prepared``)         |
 """
 
 from types import SimpleNamespace
@@ -26,10 +27,9 @@ from types import SimpleNamespace
 # the kernels' two named tuples (a network's arrays, the work buffers), and the launchers, under
 # the names of kernels.cpu
 from ..cpu import NetArrays, WorkBuffers  # noqa: F401
-from . import cublas, elementwise, fused, products  # noqa: F401
+from . import cublas, elementwise, fused, launches, products  # noqa: F401
 from .cublas import check_cublas, forward_cublas, hidden_error_cublas, stream_pointer, weight_gradient_cublas  # noqa: F401
 from .elementwise import (  # noqa: F401
-    Launch,
     advance,
     bias_gradient,
     count_correct,
@@ -38,12 +38,12 @@ from .elementwise import (  # noqa: F401
     gather_batch_at,
     gather_rows,
     output_error,
-    run,
     sgd_update,
     sgd_update_all,
     sgd_update_all_from,
 )
 from .fused import train_batches  # noqa: F401
+from .launches import Launch, run  # noqa: F401
 from .products import forward, hidden_error, weight_gradient  # noqa: F401
 
 

@@ -9,7 +9,8 @@ import functools
 
 import numba
 
-from .elementwise import Launch, bias_activation, launcher, times_fprime
+from .elementwise import bias_activation, times_fprime
+from .launches import Launch, launcher
 
 
 @functools.cache

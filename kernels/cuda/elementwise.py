@@ -1,6 +1,6 @@
 """Kernels of one thread per element, row or column: BP1, BP3, softmax, the SGD update, the
-epilogues of the cuBLAS products, and the bookkeeping (gathering a batch, counting); and how
-every family's launchers are written (``launcher``: a launch plan, run at once or kept).
+epilogues of the cuBLAS products, and the bookkeeping (gathering a batch, counting), with their
+launchers (written as launch plans: ``launches``).
 
 Formulas for f, f', softmax and the cost/BP1 of one row come from ``activations`` and ``losses``
 as device functions, so these kernels evaluate the same expressions as the CPU ones.
@@ -8,15 +8,13 @@ as device functions, so these kernels evaluate the same expressions as the CPU o
 
 import functools
 import math
-from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
-import numba
 from numba import cuda
 
 from ..activations import SOFTMAX
 from .common import BLOCK2, FLAT, ROWS, TILE, TILE_PAD, f, fprime, grid1, numba_type, output_error_row, softmax_row
+from .launches import Launch, configured, launcher
 
 NONFINITE_BLOCKS = 1024  # at most this many blocks for count_nonfinite (a grid-stride loop)
 
@@ -218,47 +216,6 @@ def build(T):
 def kernels(dtype):
     """This family's kernels for a numpy dtype."""
     return build(numba_type(dtype))
-
-
-# ---- launch plans -------------------------------------------------------------------------------
-# A launch is (a configured kernel, its arguments): calling the one with the other launches it. A
-# launcher is written as its plan, the list of launches it makes (the variant chosen, the grid
-# sized, the arguments gathered in a tuple), and ``launcher`` makes it a function that launches at
-# once; ``f.plan(...)`` keeps the list, so a fit builds each step's launches once and a step only
-# calls them (``gpubp.engines.CudaEngine``).
-
-Launch = tuple[Callable[..., Any], tuple]
-
-
-def configured(kernel, grid, block, stream=0) -> Callable[..., Any]:
-    """kernel[grid, block, stream], to call with the arguments. numba-cuda returns a launch
-    configuration that can be called again and again; the simulator's kernel keeps only its last
-    configuration (``kernel[...]`` returns the kernel itself), so there every call configures again."""
-    if numba.config.ENABLE_CUDASIM:
-        return functools.partial(_configure_and_call, kernel, (grid, block, stream))
-    return kernel[grid, block, stream]
-
-
-def _configure_and_call(kernel, configuration, *args) -> None:
-    kernel[configuration](*args)
-
-
-def launcher(plan: Callable[..., list[Launch]]) -> Callable[..., None]:
-    """The launcher of a plan function: it launches what the plan lists; ``.plan`` is the plan."""
-
-    @functools.wraps(plan)
-    def launch(*args, **kwargs) -> None:
-        for call, arguments in plan(*args, **kwargs):
-            call(*arguments)
-
-    launch.plan = plan
-    return launch
-
-
-def run(launches: list[Launch]) -> None:
-    """Launch a plan's launches in order."""
-    for call, arguments in launches:
-        call(*arguments)
 
 
 # ---- launchers: the names and argument order of kernels.cpu, plus stream -----------------------

@@ -29,7 +29,8 @@ from numba import cuda
 from ..activations import SOFTMAX
 from . import elementwise
 from .common import BLOCK2, TILE, TILE_PAD, f, fprime, numba_type
-from .elementwise import Launch, configured, grid_rows, launcher, softmax
+from .elementwise import grid_rows, softmax
+from .launches import Launch, configured, launcher
 
 BLOCK = 64  # side of the output tile of the register-blocked products
 BLOCK_PAD = BLOCK + 1
