@@ -159,8 +159,8 @@ FFMA_PER_SM_CYCLE = {"float32": 128, "float64": 64}
 NUMBA_GEMM_EFFICIENCY = 0.10  # tiled/register-blocked Numba products: fraction of an SM's FFMA peak
 CUBLAS_GEMM_EFFICIENCY = 0.50  # cuBLAS at these small shapes
 # SASS instructions per multiply-add of the whole-epoch kernel's product loops, float32, as the static
-# report (benchmarks.static, "per_ffma_overall") measures it: 15.2 at issue 20, 7.7 at 879682f, 4.7 since 8c59b5e
-FUSED_INSTRUCTIONS_PER_FFMA = 4.7
+# report (benchmarks.static, "per_ffma_overall") measures it: 15.2 at issue 20, 7.7 at 879682f, 4.2 now
+FUSED_INSTRUCTIONS_PER_FFMA = 4.2
 FUSED_ISSUE_PER_CYCLE = 1.0  # warp instructions the one block issues per cycle (16 warps, a sync per stage)
 FUSED_ELEMENTWISE_INSTRUCTIONS = 8  # per element of its gather, BP1 and update loops
 
