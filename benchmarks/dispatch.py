@@ -12,10 +12,9 @@ driver, which records the kernel parameters it is given instead. Each kernel is 
 - ``prepared``: the same launches as ``kernels.cuda.launches.Prepared`` (what a plan holds now).
 
 It also checks that the two give the driver the same parameters for every launch, before and after
-an argument that changes per step (the gather's start row) changed, and fits the dispatcher's time
-per launch as ``a + b * device-array arguments`` over the step's launches, which prices a step of
-other counts (the tree before issue 20 item 3). cuda.core's own ``launch`` (packing the parameters,
-cuLaunchKernel) is stubbed in both, so neither figure holds it.
+an argument that changes per step (the gather's start row) changed, and times the dispatcher on
+each launch alone (``per_launch``: device-array arguments, us). cuda.core's own ``launch``
+(packing the parameters, cuLaunchKernel) is stubbed in both, so neither figure holds it.
 """
 
 from __future__ import annotations
@@ -166,9 +165,6 @@ def child(given: Path, out: Path) -> int:
                 call.dispatcher(*arguments(call, s))
             fastest = min(fastest, (time.perf_counter() - t0) / 40)
         per_launch.append((sum(1 for a in call.args if hasattr(a, "gpu_data")), 1e6 * fastest))
-    import numpy as np
-
-    b, a = np.polyfit([x for x, _ in per_launch], [y for _, y in per_launch], 1)
     out.write_text(
         json.dumps(
             {
@@ -179,7 +175,6 @@ def child(given: Path, out: Path) -> int:
                 "kept": sum(bool(call.prepared and call.prepared.kept) for call in calls),
                 "mismatches": mismatches,
                 "per_launch": per_launch,
-                "fit_us": {"per_launch": a, "per_array": b},
                 "numba_cuda": version("numba-cuda"),
             }
         )

@@ -678,7 +678,6 @@ def host_lines(executions: list[dict]) -> list[str]:
         "| numba-cuda us/step before | now, dispatcher | now, prepared | total before | total now | now / before |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fit = next((e["dispatch"]["fit_us"] for e in executions if "fit_us" in e.get("dispatch", {})), None)
     for e in executions:
         b, d = before["paths"].get(e["path"]), e.get("dispatch", {})
         if b is None:
@@ -698,13 +697,6 @@ def host_lines(executions: list[dict]) -> list[str]:
         else:
             model_b, model = b["dispatch_us_per_step_model"], e["dispatch_us_per_step_model"]
             lines.append(counts + f"model {model_b:.0f} | model {model:.0f} | - | - | - | - |")
-    if fit:
-        lines += [
-            "",
-            f"numba-cuda's dispatcher on this host, fitted over one step's launches: {fit['per_launch']:.1f} us a "
-            f"launch + {fit['per_array']:.1f} us a device-array argument (numba-cuda's own figures on a fast host: "
-            f"{DISPATCH_US[0]} + {DISPATCH_US[1]}).",
-        ]
     return lines
 
 
