@@ -714,13 +714,33 @@ def halves_step(X, Y, perm, s, e, net, work, halves, hyper, keep, ask):
         half_gradient(X, Y, perm[h:e], scale, halves.solo_net, halves.solo_work)
     work.cost[0] += cost[0]
     g = net.nabla
+    if momentum == 0 and decay == 0:
+        sgd_update_sum(net.params, g, second, net.velocity, lr, keep)
+        return late
     for k in range(g.shape[0]):
         g[k] += second[k]
-    plain = momentum == 0 and decay == 0 and not keep
-    v, nw = second if plain else net.velocity, net.layout[0, 1]  # plain SGD: v = -lr nabla is scratch
-    sgd_update(net.params[:nw], g[:nw], v[:nw], lr, momentum, decay)
-    sgd_update(net.params[nw:], g[nw:], v[nw:], lr, momentum, 0.0)
+    nw = net.layout[0, 1]
+    sgd_update(net.params[:nw], g[:nw], net.velocity[:nw], lr, momentum, decay)
+    sgd_update(net.params[nw:], g[nw:], net.velocity[nw:], lr, momentum, 0.0)
     return late
+
+
+@njit(cache=True, fastmath={"nsz"}, nogil=True)  # no "contract": P + (-lr g) rounds twice, with or without keep
+def sgd_update_sum(P, nabla, other, velocity, lr, keep):
+    """Plain SGD from two halves' gradients in one pass: P <- P - lr (nabla + other). With
+    ``keep``, nabla and velocity are then left as sgd_update leaves them (nabla the sum, v = -lr
+    nabla); without, neither is written (a pass over two arrays saved: ~45 of ~80 us a step at
+    784-256-128-10), and P gets the same bits."""
+    t = P.dtype.type(lr)
+    if keep:
+        for k in range(P.shape[0]):
+            g = nabla[k] + other[k]
+            v = -t * g
+            nabla[k], velocity[k] = g, v
+            P[k] += v
+    else:
+        for k in range(P.shape[0]):
+            P[k] += -t * (nabla[k] + other[k])
 
 
 # After a batch the helper was late for, this thread works alone for 1, 2, 4, ... up to 1024

@@ -84,3 +84,20 @@ def test_a_fit_hands_halves_to_the_helper_when_the_process_has_two_cores():
     rng = np.random.default_rng(3)
     net.fit(rng.standard_normal((300, 6)), rng.integers(0, 3, 300), epochs=1, batch_size=2 * cpu.SPLIT_ROWS)
     assert cores.halves(net._schedule, 2 * cpu.SPLIT_ROWS).flags[cpu.DONE] > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_plain_sgd_from_two_halves_has_the_same_bits_with_or_without_the_record(dtype):
+    """sgd_update_sum (the halves' plain SGD in one pass) gives P the bits that summing the halves
+    and then sgd_update gives, whether it leaves nabla and v as that does (keep) or writes neither."""
+    rng = np.random.default_rng(2)
+    P, g, other, v = (rng.standard_normal(1003).astype(dtype) for _ in range(4))
+    lr = 0.37
+    want_P, want_g, want_v = P.copy(), g + other, v.copy()
+    cpu.sgd_update(want_P, want_g, want_v, lr, 0.0, 0.0)
+    for keep in (True, False):
+        got_P, got_g, got_v = P.copy(), g.copy(), v.copy()
+        cpu.sgd_update_sum(got_P, got_g, other, got_v, lr, keep)
+        np.testing.assert_array_equal(got_P, want_P)
+        np.testing.assert_array_equal(got_g, want_g if keep else g)
+        np.testing.assert_array_equal(got_v, want_v if keep else v)
