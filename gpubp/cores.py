@@ -96,7 +96,8 @@ def halves(w: Workspace, cap: int) -> Any:
         work = w.buffers(cap)
         helper_work = k.WorkBuffers(*(np.empty_like(a) for a in work[:4]), np.zeros(1), cap)
         helper_net, solo_net = (w.net._replace(nabla=np.zeros_like(w.nabla)) for _ in range(2))
-        made[cap] = k.Halves(helper_net, helper_work, solo_net, work._replace(cost=np.zeros(1)), np.zeros(5, np.int64))
+        flags = np.zeros(k.AWAKE + 1, np.int64)
+        made[cap] = k.Halves(helper_net, helper_work, solo_net, work._replace(cost=np.zeros(1)), flags)
     return made[cap]
 
 
@@ -159,7 +160,7 @@ def units(w: Workspace) -> Any:
     part a multiple of 4 units, about half."""
     if w not in _units:
         cuts = np.array([min(n, 4 * -(-n // 8)) for n in w.sizes[1:]], np.int64)
-        _units[w] = w.backend.kernels.Units(cuts, np.zeros(6, np.int64))
+        _units[w] = w.backend.kernels.Units(cuts, np.zeros(w.backend.kernels.TASK + 1, np.int64))
     return _units[w]
 
 

@@ -613,8 +613,8 @@ SPLIT_ROWS = 64
 
 # The int64 flags the two threads hand a batch over with: a ticket posted, started and done, the
 # batch as one word (its first row in the order << 32 | its rows: read whole, never half of one
-# batch and half of the next), and QUIT.
-POSTED, STARTED, DONE, BATCH, QUIT = range(5)
+# batch and half of the next), QUIT, and AWAKE (this batch or the next is offered: do not nap).
+POSTED, STARTED, DONE, BATCH, QUIT, AWAKE = range(6)
 
 
 class Halves(NamedTuple):
@@ -626,7 +626,7 @@ class Halves(NamedTuple):
     helper_work: Any  # WorkBuffers
     solo_net: Any
     solo_work: Any
-    flags: Any  # int64 (5,)
+    flags: Any  # int64 (AWAKE + 1,)
 
 
 @jit
@@ -638,16 +638,17 @@ def half_gradient(X, Y, idx, scale, net, work):
     step(net, work, m, scale, 0.0, 0.0, 0.0, False, False)
 
 
-# Empty polls in a row after which an idle helper naps (~0.1-0.3 ms of yields): its partner is
-# then working alone (backing off, or between epochs), and on a busy machine a helper that only
-# yields still takes a share of a core from it and from the others.
+# Empty polls in a row after which an idle helper naps (~0.1-0.3 ms of yields), unless AWAKE says
+# work is coming: its partner is then working alone (backing off, or between epochs), and on a
+# busy machine a helper that only yields still takes a share of a core from it and from the others.
 IDLE_POLLS = 256
 
 
 @jit
 def next_post(flags, seen):
     """The helper's wait for a ticket other than ``seen`` in flags[POSTED], returned; -1 once QUIT
-    is set. It yields the core between polls, and after IDLE_POLLS empty ones naps 50 us."""
+    is set. It yields the core between polls, and after IDLE_POLLS empty ones naps 50 us at a
+    time while flags[AWAKE] is 0 (a nap's wake-up, 50-100 us, would miss a half's start)."""
     polls = 0
     while True:
         ticket = load_acquire(flags, POSTED)
@@ -655,7 +656,7 @@ def next_post(flags, seen):
             return ticket
         if load_acquire(flags, QUIT) != 0:
             return -1
-        if polls < IDLE_POLLS:
+        if polls < IDLE_POLLS or load_acquire(flags, AWAKE) != 0:
             yield_core()
         else:
             nap(50)
@@ -687,7 +688,9 @@ def halves_step(X, Y, perm, s, e, net, work, halves, hyper, keep, ask):
     nabla = first + second and the SGD step on all parameters (weights with decay).
 
     Returns 0 if the helper was on time (or not asked), 1 if this thread waited for it longer
-    than half its own half took, 2 if it did not start in time and this thread did the half."""
+    than its own half took (doing the half here would have been faster: a lost core, not a helper
+    slowed by fetching W from this core's cache, which still saves time), 2 if it did not start in
+    time and this thread did the half."""
     (lr, momentum, decay), m = hyper, e - s
     h, f, scale, ticket = s + m // 2, halves.flags, 1.0 / m, 0
     if ask:
@@ -704,7 +707,7 @@ def halves_step(X, Y, perm, s, e, net, work, halves, hyper, keep, ask):
                 late = 2
                 break
             yield_core()
-        if late == 0 and cycles() - t1 > (t1 - t0) // 2:
+        if late == 0 and cycles() - t1 > t1 - t0:
             late = 1
     if ask and late != 2:
         second, cost = halves.helper_net.nabla, halves.helper_work.cost
@@ -767,6 +770,13 @@ def backoff(state, asked, late):
 
 
 @jit
+def stay_awake(flags, ask, state):
+    """Tell the helper whether to keep polling (this batch or, ``state`` says, the next is offered
+    to it: a batch gives a napping helper time to wake) or may nap (this thread works alone)."""
+    store_release(flags, AWAKE, 1 if ask or state[0] <= 1 else 0)
+
+
+@jit
 def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, momentum, decay, helper):
     """Mini-batch SGD over rows perm[start:stop], work.cap (>= SPLIT_ROWS) rows at a time, each
     batch in two halves (``halves_step``; a last batch under SPLIT_ROWS rows whole). With
@@ -776,6 +786,7 @@ def train_batches_in_halves(X, Y, perm, start, stop, net, work, halves, lr, mome
     for s in range(start, stop, cap):
         e = min(s + cap, stop)
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
+        stay_awake(halves.flags, ask, state)
         if e - s < SPLIT_ROWS:
             batch_step(X, Y, perm, s, e, net, work, (lr, momentum, decay), keep)
             continue
@@ -798,7 +809,7 @@ UNIT_ROWS = 12
 # What a phase does (``Units.flags[TASK]``: kind << 40 | keep << 32 | l).
 GATHER, FORWARD, BACKWARD, UPDATE = range(4)
 # Beside the halves' flags: the last ticket claimed (by either thread) and the posted task.
-CLAIMED, TASK = STARTED, 5
+CLAIMED, TASK = STARTED, AWAKE + 1
 
 
 class Units(NamedTuple):
@@ -806,7 +817,7 @@ class Units(NamedTuple):
     4, the blocks of weighted_input and gradient_step), the rest in the second; and the flags."""
 
     cuts: Any  # int64 (L,)
-    flags: Any  # int64 (6,)
+    flags: Any  # int64 (TASK + 1,)
 
 
 @jit
@@ -922,6 +933,7 @@ def train_batches_by_units(X, Y, perm, start, stop, net, work, units, hyper, hel
     for s in range(start, stop, cap):
         e = min(s + cap, stop)
         keep = e == stop  # the last batch leaves nabla and velocity as a step by step() would
+        stay_awake(units.flags, ask, state)
         if e - s < UNIT_ROWS:
             batch_step(X, Y, perm, s, e, net, work, hyper, keep)
             continue
