@@ -19,6 +19,7 @@ the very objects of the last call (a gather's start row). The parameters are tho
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -104,7 +105,7 @@ class _Kept:
         kernel = dispatcher.overloads.get(tuple(dispatcher.typeof_pyval(a) for a in args))
         if kernel is None or kernel.debug or kernel.cooperative or kernel.extensions:
             return None
-        if getattr(kernel, "launch_config_sensitive", False):
+        if getattr(kernel, "launch_config_sensitive", False):  # numba-cuda would pick another kernel per launch
             return None
         self = cls()
         self.kernel, self.typeof, self.launch = kernel, dispatcher.typeof_pyval, launch
@@ -142,8 +143,6 @@ class _Kept:
                 per_arg[i] = self.parameters(i, new)
                 if per_arg[i] is None:
                     return False
-        other = _Kept()
-        other.kernel, other.typeof, other.config = self.kernel, self.typeof, self.config
-        other.function, other.launch = self.function, self.launch
+        other = copy.copy(self)
         other.set(args, per_arg)
         return other
